@@ -1,0 +1,3 @@
+from ssl_seg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""``ssl-seg <command>``: synth, finetune, pseudo-label, pretrain, predict, evaluate, report, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TRAIN_FLAGS = {  # flag -> config key; flags left out keep the YAML / default value
+    "model": str, "pretrained": str, "steps": int, "batch_size": int, "tile_size": int, "lr": float,
+    "seed": int, "device": str, "init": str, "val_dir": str, "binary_class": str, "num_workers": int,
+}
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 1024x1360 (height x width), not {text!r}") from None
+    return height, width
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset folder (SS2 layout or images/ + masks/)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints and TensorBoard logs (tb/)")
+    parser.add_argument("--config", help="YAML config, e.g. experiments/demo.yaml")
+    parser.add_argument("--model", help="segformer-tiny | segformer | dinov2 | dinov2-tiny")
+    parser.add_argument("--pretrained", help="hub id or local folder of backbone weights")
+    parser.add_argument("--local-files-only", action="store_true", default=None,
+                        help="never reach the hub; load --pretrained from the local cache or folder")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--tile-size", type=int, help="training crop size in pixels")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--init", help="checkpoint whose model weights start this run")
+    parser.add_argument("--val-dir", help="a separate validation dataset (default: a seeded split of --data)")
+    parser.add_argument("--binary-class", help="class of 0/255 binary masks in the labels folder, e.g. liptinite")
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers reading and cropping images")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pth")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-seg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a procedural kerogen dataset in the SS2 layout")
+    p.add_argument("out")
+    p.add_argument("--labeled", type=int, default=8)
+    p.add_argument("--unlabeled", type=int, default=64)
+    p.add_argument("--test", type=int, default=8)
+    p.add_argument("--size", type=_size, default=(256, 320), help="HxW, e.g. 1024x1360")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("finetune", help="supervised training on the labeled masks")
+    _add_train_arguments(p)
+
+    p = sub.add_parser("pretrain", help="train a student on pseudo-labels with mean-teacher consistency")
+    _add_train_arguments(p)
+    p.add_argument("--pseudo-labels", required=True, help="folder written by `ssl-seg pseudo-label`")
+    p.add_argument("--labeled-ratio", type=float, help="share of each batch drawn from the labeled masks")
+
+    p = sub.add_parser("pseudo-label", help="label unlabeled images with a teacher (+ DINOv2 / SAM / superpixels)")
+    p.add_argument("--checkpoint", required=True, help="teacher checkpoint (.pth or run folder)")
+    p.add_argument("--images", required=True, help="folder of unlabeled images, or a dataset root")
+    p.add_argument("--out", required=True)
+    p.add_argument("--refine", choices=["none", "superpixel", "sam"], default="superpixel")
+    p.add_argument("--sam", help="SAM hub id or local folder (with --refine sam)")
+    p.add_argument("--dinov2", help="DINOv2 hub id or local folder: feature teacher fitted on --labeled")
+    p.add_argument("--labeled", help="labeled dataset for the DINOv2 class prototypes")
+    p.add_argument("--local-files-only", action="store_true")
+    p.add_argument("--threshold", type=float, default=0.8, help="confidence below which pixels are ignored (255)")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 8])
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--shard", default="0/1", help="i/n: label only every n-th image starting at i")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("predict", help="write <id>_pred.npy masks for a folder of images")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 8])
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--overlays", action="store_true", help="also write colour overlays to OUT/overlays/")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("evaluate", help="score <id>_pred.npy against labels (micro Jaccard as in SS2)")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--binary-class", help="class of 0/255 binary label masks")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+
+    p = sub.add_parser("report", help="maceral composition report (CSV + HTML) from predicted masks")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--images", help="the images, for overlay thumbnails")
+    p.add_argument("--samples", help="CSV with columns image,sample")
+    p.add_argument("--sample-pattern", help="regex on the image id; its first group names the sample")
+    p.add_argument("--out", required=True)
+    p.add_argument("--run", help="run folder: the summary also goes to its TensorBoard logs")
+
+    p = sub.add_parser("demo", help="the whole loop on a procedural dataset, with a score table")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="YAML with demo settings (default: the built-in demo budget)")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _train_config(args: argparse.Namespace):
+    from ssl_seg.config import apply_overrides, load_config
+
+    overrides = {key: getattr(args, key) for key in TRAIN_FLAGS if getattr(args, key, None) is not None}
+    if args.local_files_only:
+        overrides["local_files_only"] = True
+    for key in ("pseudo_labels", "labeled_ratio"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    cfg = load_config(args.config, overrides)
+    return apply_overrides(cfg, args.set)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "synth":
+        from ssl_seg.data.synthetic import write_dataset
+
+        summary = write_dataset(args.out, args.labeled, args.unlabeled, args.test, args.size, args.seed,
+                                progress=not args.no_progress)
+        print(json.dumps(summary, indent=2))
+    elif args.command in ("finetune", "pretrain"):
+        from ssl_seg.train.trainer import train
+
+        cfg = _train_config(args)
+        summary = train(cfg, args.data, args.out, mode=args.command, resume=args.resume,
+                        progress=not args.no_progress)
+        if summary:
+            print(f"final eval: micro Jaccard macerals {summary['micro_jaccard_macerals']:.4f}, "
+                  f"all classes {summary['micro_jaccard_all']:.4f}")
+        print(f"checkpoints: {Path(args.out) / 'best.pth'}, {Path(args.out) / 'latest.pth'}")
+        print(f"watch: tensorboard --logdir {Path(args.out) / 'tb'}")
+    elif args.command == "pseudo-label":
+        from ssl_seg.pseudo.run import pseudo_label
+
+        shard_index, shard_count = (int(v) for v in args.shard.split("/"))
+        stats = pseudo_label(args.checkpoint, args.images, args.out, refine=args.refine, sam=args.sam,
+                             dinov2=args.dinov2, labeled=args.labeled, local_files_only=args.local_files_only,
+                             threshold=args.threshold, tta=args.tta, tile_size=args.tile_size,
+                             shard=(shard_index, shard_count), device=args.device, progress=not args.no_progress)
+        print(json.dumps(stats, indent=2))
+    elif args.command == "predict":
+        from ssl_seg.predict import predict_folder
+
+        written = predict_folder(args.checkpoint, args.images, args.out, args.tile_size, args.tta, args.overlays,
+                                 args.device, progress=not args.no_progress)
+        print(f"wrote {len(written)} masks to {args.out}")
+    elif args.command == "evaluate":
+        from ssl_seg import class_code
+        from ssl_seg.data.io import save_json
+        from ssl_seg.evaluate import evaluate_dirs, format_report
+
+        binary = class_code(args.binary_class) if args.binary_class else None
+        result = evaluate_dirs(args.pred, args.labels, binary_class=binary)
+        print(format_report(result))
+        if args.json:
+            save_json(args.json, result)
+    elif args.command == "report":
+        from ssl_seg.report import build_report
+
+        result = build_report(args.pred, args.out, images_dir=args.images, samples_csv=args.samples,
+                              sample_pattern=args.sample_pattern, run_dir=args.run)
+        print(f"report: {Path(args.out) / 'report.html'}")
+        print(f"tables: {Path(args.out) / 'composition.csv'}, {Path(args.out) / 'objects.csv'}")
+    elif args.command == "demo":
+        from ssl_seg.demo import run_demo
+
+        run_demo(args.out, seed=args.seed, config=args.config, progress=not args.no_progress)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ssl_seg.data.io import DataError
+    from ssl_seg.models.hub import ModelLoadError
+    from ssl_seg.train.checkpoint import CheckpointError
+    from ssl_seg.train.trainer import TrainError
+
+    try:
+        return run(args)
+    except (DataError, ModelLoadError, CheckpointError, TrainError, ValueError) as exc:
+        print(f"ssl-seg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ssl-seg {args.command}: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Training configuration: one flat dataclass, read from YAML, overridden by flags and ``--set``.
+
+Example:
+    >>> cfg = TrainConfig()
+    >>> cfg = apply_overrides(cfg, ["steps=10", "lr=1e-3", "model=dinov2-tiny"])
+    >>> cfg.steps, cfg.lr, cfg.model
+    (10, 0.001, 'dinov2-tiny')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # what is trained
+    model: str = "segformer-tiny"
+    pretrained: str | None = None          # hub id or local folder for the backbone weights
+    local_files_only: bool = False
+    init: str | None = None                # checkpoint whose model weights start this run
+    # schedule
+    steps: int = 600
+    batch_size: int = 8
+    tile_size: int = 256
+    lr: float = 6e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    backbone_lr_scale: float = 0.1         # pretrained DINOv2 backbones learn slower than the head
+    # loss
+    class_weights: str = "inverse_sqrt"    # inverse_sqrt | inverse | none: from labeled pixel frequencies
+    dice_weight: float = 0.5
+    # semi-supervised pretraining (``pretrain`` command)
+    pseudo_labels: str | None = None       # folder written by ``pseudo-label``
+    labeled_ratio: float = 0.25            # share of each batch drawn from the labeled masks
+    consistency_weight: float = 1.0
+    consistency_threshold: float = 0.9     # EMA-teacher confidence below which pixels are left out
+    cutmix_prob: float = 0.5
+    ema_decay: float = 0.99
+    # validation and logging
+    val_fraction: float = 0.2
+    val_dir: str | None = None             # a separate validation set (same layouts as --data)
+    val_every: int = 100
+    log_every: int = 10
+    image_every: int = 200
+    val_tta: int = 1
+    # machinery
+    seed: int = 0
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    num_workers: int = 2
+    amp: bool = True                       # bf16 autocast on CUDA
+    channels_last: bool = False
+    compile: bool = False
+    binary_class: str | None = None        # class of 0/255 binary masks in the labels folder
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _parse_value(text: str, current):
+    """Parse an override string into the type of the field it replaces."""
+    value = yaml.safe_load(text) if isinstance(text, str) else text
+    if isinstance(current, bool) or current is None or isinstance(current, (dict, list)):
+        return value
+    if isinstance(current, float):
+        return float(value)  # YAML 1.1 reads "1e-3" as text
+    if isinstance(current, int) and isinstance(value, int):
+        return value
+    if isinstance(current, str):
+        return str(value) if value is not None else None
+    return value
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
+    """Apply ``key=value`` strings (or a dict) to a config; unknown keys are an error."""
+    items = overrides.items() if isinstance(overrides, dict) else (o.split("=", 1) for o in overrides)
+    known = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for item in items:
+        if len(item) != 2:
+            raise ValueError(f"override {'='.join(item)!r} is not key=value")
+        key, value = item
+        key = key.strip().replace("-", "_")
+        if key not in known:
+            raise ValueError(f"unknown config key '{key}'; known keys: {', '.join(sorted(known))}")
+        current = getattr(cfg, key)
+        try:
+            changes[key] = _parse_value(value, current) if isinstance(value, (str, int)) else value
+        except (TypeError, ValueError):
+            raise ValueError(f"config key '{key}' expects a {type(current).__name__}, got {value!r}") from None
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """Defaults, then the YAML file (flat ``key: value``), then overrides."""
+    cfg = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} not found; pass a YAML from experiments/ or leave --config out")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a flat mapping of key: value")
+        cfg = apply_overrides(cfg, data)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg

@@ -1,0 +1,318 @@
+"""Find a dataset's images and masks on disk and check they fit together.
+
+Three layouts are recognised:
+
+- ``ss2`` (Stranger Sections 2): ``train/labeled/<id>.JPG`` + ``train/labels/<id>_gt.npy``,
+  optional ``train/unlabeled/`` and ``test/``.
+- ``generic``: ``images/`` + ``masks/`` (or ``labels/``) with matching stems (``<stem>`` or
+  ``<stem>_gt``); images without a mask are unlabeled; optional ``unlabeled/`` and ``test/``.
+- ``images``: a plain folder of images, all unlabeled.
+
+Binary (0/255) masks need their class: a per-folder ``binary_class`` argument, or per image
+a ``binary_classes.csv`` (lines ``id,class``) in the labels/masks folder, which wins.
+
+>>> index = discover("data/ss2", binary_class=None)   # doctest: +SKIP
+>>> index.summary()                                   # doctest: +SKIP
+'layout ss2 at data/ss2: 87 labeled, 8641 unlabeled, 25 test'
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssl_seg import class_code
+from ssl_seg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, image_size, read_image, read_mask
+
+BINARY_CLASSES_CSV = "binary_classes.csv"
+MASK_FOLDER_NAMES = ("masks", "labels")
+LABEL_SUFFIX = "_gt"
+
+_LAYOUTS_HELP = (
+    "expected either the SS2 layout (train/labeled/<id>.JPG + train/labels/<id>_gt.npy, "
+    "optional train/unlabeled/ and test/), the generic layout (images/ + masks/ with matching "
+    "stems, optional unlabeled/ and test/), or a folder of images"
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training image, with its mask (None when unlabeled) and the class of a binary mask."""
+
+    id: str
+    image: Path
+    mask: Path | None = None
+    binary_class: int | None = None
+
+    def read_image(self) -> np.ndarray:
+        return read_image(self.image)
+
+    def read_mask(self, *, pseudo: bool = False) -> np.ndarray:
+        """The mask as class codes; raises DataError when the sample has none."""
+        if self.mask is None:
+            raise DataError(f"sample {self.id} ({self.image}) has no mask; fix: use it as an unlabeled image")
+        return read_mask(self.mask, None if pseudo else self.binary_class, pseudo=pseudo)
+
+
+@dataclass
+class DatasetIndex:
+    """What :func:`discover` found under ``root``."""
+
+    root: Path
+    layout: str  # "ss2" | "generic" | "images"
+    labeled: list[Sample] = field(default_factory=list)
+    unlabeled: list[Path] = field(default_factory=list)
+    test: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"layout {self.layout} at {self.root}: {len(self.labeled)} labeled, "
+            f"{len(self.unlabeled)} unlabeled, {len(self.test)} test"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able manifest; paths relative to ``root`` (POSIX style)."""
+
+        def rel(path: Path) -> str:
+            try:
+                return path.relative_to(self.root).as_posix()
+            except ValueError:
+                return path.as_posix()
+
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "labeled": [
+                {
+                    "id": sample.id,
+                    "image": rel(sample.image),
+                    "mask": None if sample.mask is None else rel(sample.mask),
+                    "binary_class": sample.binary_class,
+                }
+                for sample in self.labeled
+            ],
+            "unlabeled": [rel(path) for path in self.unlabeled],
+            "test": [rel(path) for path in self.test],
+        }
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _visible_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files directly in ``folder`` with one of ``suffixes`` (any case), skipping hidden/temp files."""
+    return sorted(
+        (
+            path
+            for path in folder.iterdir()
+            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in suffixes
+        ),
+        key=lambda path: path.name,
+    )
+
+
+def _check_unique_stems(paths: list[Path], what: str) -> None:
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise DataError(
+                f"{what} {path} and {seen[path.stem]} share the id {path.stem!r}; fix: rename or remove one of them"
+            )
+        seen[path.stem] = path
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Images directly in ``folder`` (by :data:`IMAGE_SUFFIXES`, any case), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder}: not found; fix: check the path")
+    images = _visible_files(folder, IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(
+            f"image folder {folder}: no images found (searched for {', '.join(IMAGE_SUFFIXES)}, any case); "
+            "fix: point to the folder that holds the images"
+        )
+    _check_unique_stems(images, "images")
+    return images
+
+
+def _optional_images(folder: Path) -> list[Path]:
+    """Images of an optional folder: [] when absent or empty."""
+    if not folder.is_dir():
+        return []
+    images = _visible_files(folder, IMAGE_SUFFIXES)
+    _check_unique_stems(images, "images")
+    return images
+
+
+# --------------------------------------------------------------------------- masks and classes
+
+
+def _mask_id(mask: Path) -> str:
+    stem = mask.stem
+    return stem[: -len(LABEL_SUFFIX)] if stem.endswith(LABEL_SUFFIX) else stem
+
+
+def _masks_by_id(folder: Path) -> dict[str, Path]:
+    """Map image id -> mask file; ``<id>`` and ``<id>_gt`` both name image ``<id>``."""
+    masks: dict[str, Path] = {}
+    for mask in _visible_files(folder, MASK_SUFFIXES):
+        mask_id = _mask_id(mask)
+        if mask_id in masks:
+            raise DataError(
+                f"masks {mask} and {masks[mask_id]} both belong to image id {mask_id!r}; fix: keep only one of them"
+            )
+        masks[mask_id] = mask
+    return masks
+
+
+def _read_binary_classes(csv_path: Path, known_ids: set[str]) -> dict[str, int]:
+    """Parse ``id,class`` lines (optional ``id,class`` header, '#' comments, blank lines)."""
+    classes: dict[str, int] = {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        for line_number, row in enumerate(csv.reader(handle), start=1):
+            cells = [cell.strip() for cell in row]
+            if not cells or not any(cells) or cells[0].startswith("#"):
+                continue
+            where = f"{csv_path}:{line_number}"
+            if line_number == 1 and [cell.lower() for cell in cells] == ["id", "class"]:
+                continue
+            if len(cells) != 2:
+                raise DataError(f"{where}: expected 'id,class', found {','.join(row)!r}; fix: one image per line")
+            image_id, name = cells
+            try:
+                code = class_code(name)
+            except ValueError as error:
+                raise DataError(f"{where}: {error}") from None
+            if image_id not in known_ids:
+                raise DataError(
+                    f"{where}: id {image_id!r} matches no labeled image; fix: use the image's file name without suffix"
+                )
+            if image_id in classes:
+                raise DataError(f"{where}: id {image_id!r} is listed twice; fix: keep one line per image")
+            classes[image_id] = code
+    return classes
+
+
+def _binary_class_code(binary_class: int | str | None) -> int | None:
+    if binary_class is None:
+        return None
+    try:
+        return class_code(binary_class)
+    except ValueError as error:
+        raise DataError(f"binary class {binary_class!r}: {error}") from None
+
+
+def _pair_labeled(
+    images: list[Path], mask_folder: Path, binary_class: int | None, *, require_all: bool
+) -> tuple[list[Sample], list[Path]]:
+    """Match images to masks; return (labeled samples, images without a mask).
+
+    ``require_all``: every image must have a mask (SS2 ``train/labeled``).
+    A mask without an image is always an error: it means a typo or a missing file.
+    """
+    masks = _masks_by_id(mask_folder)
+    image_ids = {image.stem for image in images}
+    for mask_id, mask in masks.items():
+        if mask_id not in image_ids:
+            raise DataError(
+                f"mask {mask}: no image named {mask_id!r} beside it; fix: add the image or remove the mask"
+            )
+    labeled_ids = set(masks)
+    csv_path = mask_folder / BINARY_CLASSES_CSV
+    per_image = _read_binary_classes(csv_path, labeled_ids) if csv_path.is_file() else {}
+    labeled: list[Sample] = []
+    unlabeled: list[Path] = []
+    for image in images:
+        mask = masks.get(image.stem)
+        if mask is None:
+            if require_all:
+                raise DataError(
+                    f"labeled image {image}: no mask {image.stem}{LABEL_SUFFIX}.npy (or .png) in {mask_folder}; "
+                    "fix: add its mask or move the image to train/unlabeled/"
+                )
+            unlabeled.append(image)
+            continue
+        labeled.append(Sample(image.stem, image, mask, per_image.get(image.stem, binary_class)))
+    return labeled, unlabeled
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _discover_ss2(root: Path, binary_class: int | None) -> DatasetIndex:
+    labeled_dir = root / "train" / "labeled"
+    labels_dir = root / "train" / "labels"
+    images = _optional_images(labeled_dir)
+    if images and not labels_dir.is_dir():
+        raise DataError(
+            f"SS2 layout at {root}: {labeled_dir} has images but {labels_dir} is missing; fix: add the <id>_gt.npy masks there"
+        )
+    labeled: list[Sample] = []
+    if labels_dir.is_dir():
+        labeled, _ = _pair_labeled(images, labels_dir, binary_class, require_all=True)
+    return DatasetIndex(
+        root=root,
+        layout="ss2",
+        labeled=labeled,
+        unlabeled=_optional_images(root / "train" / "unlabeled"),
+        test=_optional_images(root / "test"),
+    )
+
+
+def _discover_generic(root: Path, binary_class: int | None) -> DatasetIndex:
+    images = _optional_images(root / "images")
+    mask_dir = next((root / name for name in MASK_FOLDER_NAMES if (root / name).is_dir()), None)
+    labeled: list[Sample] = []
+    unlabeled = images
+    if mask_dir is not None:
+        labeled, unlabeled = _pair_labeled(images, mask_dir, binary_class, require_all=False)
+    unlabeled = unlabeled + _optional_images(root / "unlabeled")
+    # Pseudo-labels are written per id, so unlabeled ids must not collide across folders.
+    _check_unique_stems(unlabeled, "unlabeled images")
+    return DatasetIndex(root=root, layout="generic", labeled=labeled, unlabeled=unlabeled, test=_optional_images(root / "test"))
+
+
+def discover(root: str | Path, binary_class: int | None = None) -> DatasetIndex:
+    """Recognise the layout under ``root`` and index its labeled, unlabeled and test images.
+
+    ``binary_class`` (1..3 or a class name) is the class of binary 0/255 masks in this folder;
+    a ``binary_classes.csv`` beside the masks overrides it per image.
+    """
+    root = Path(root)
+    code = _binary_class_code(binary_class)
+    if not root.is_dir():
+        raise DataError(f"dataset root {root}: not found; fix: {_LAYOUTS_HELP}")
+    if (root / "train").is_dir():
+        index = _discover_ss2(root, code)
+    elif (root / "images").is_dir():
+        index = _discover_generic(root, code)
+    else:
+        images = _optional_images(root)
+        if not images:
+            raise DataError(f"dataset root {root}: no recognisable layout; fix: {_LAYOUTS_HELP}")
+        return DatasetIndex(root=root, layout="images", unlabeled=images)
+    if not (index.labeled or index.unlabeled or index.test):
+        raise DataError(f"dataset root {root}: {index.layout} layout but no images in it; fix: {_LAYOUTS_HELP}")
+    return index
+
+
+def validate(index: DatasetIndex) -> None:
+    """Read every labeled mask (with its binary class) and check it matches its image's size.
+
+    Images are only read by header, so this stays fast. Raises DataError at the first bad file.
+    """
+    for sample in index.labeled:
+        if sample.mask is None:
+            continue
+        mask = read_mask(sample.mask, sample.binary_class)
+        height, width = image_size(sample.image)
+        if mask.shape != (height, width):
+            raise DataError(
+                f"mask {sample.mask}: size {mask.shape[0]}x{mask.shape[1]} (HxW) but image {sample.image} "
+                f"is {height}x{width}; fix: give the mask the image's size"
+            )

@@ -1,0 +1,33 @@
+"""Loading Hugging Face models from a hub id or a local folder, with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ModelLoadError(ValueError):
+    """A model or its weights could not be found; the message says how to get them."""
+
+
+def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, **kwargs):
+    """``cls.from_pretrained`` that turns "not found / offline" into one actionable line.
+
+    Example:
+        >>> from transformers import Dinov2Model
+        >>> load_pretrained(Dinov2Model, "/no/such/folder", local_files_only=True)
+        Traceback (most recent call last):
+        ...
+        ssl_seg.models.hub.ModelLoadError: ...
+    """
+    looks_local = Path(name_or_dir).expanduser().exists() or name_or_dir.startswith((".", "/", "~"))
+    try:
+        return cls.from_pretrained(str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir,
+                                   local_files_only=local_files_only, **kwargs)
+    except (OSError, ValueError) as exc:
+        if looks_local:
+            fix = "check the folder holds config.json and the weights written by save_pretrained()"
+        else:
+            fix = (f"download it once where there is internet (`hf download {name_or_dir} --local-dir DIR`) "
+                   "and pass that folder instead")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load {cls.__name__} from '{name_or_dir}' ({first[:160]}); {fix}") from exc

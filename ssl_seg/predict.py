@@ -1,0 +1,57 @@
+"""``ssl-seg predict``: a checkpoint over a folder of images -> ``<id>_pred.npy`` (and overlays)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ssl_seg.data.io import overlay, read_image, save_jpg, save_npy
+from ssl_seg.data.layout import list_images
+from ssl_seg.inference import predict_proba, to_tensor
+from ssl_seg.train.checkpoint import load_model
+from ssl_seg.train.trainer import resolve_device
+
+
+class ImageFolder(Dataset):
+    """Decodes images in DataLoader workers, off the main thread."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+        return i, read_image(self.paths[i])
+
+
+def decoded_images(paths: list[Path], workers: int = 2):
+    """Yields (path, uint8 HxWx3 image) in order, decoding ahead in background workers."""
+    loader = DataLoader(ImageFolder(paths), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+    for i, image in loader:
+        yield paths[i], image.numpy() if isinstance(image, torch.Tensor) else image
+
+
+def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, tile_size: int = 512,
+                   tta: int = 1, overlays: bool = False, device: str = "auto", workers: int = 2,
+                   skip_existing: bool = False, progress: bool = True) -> list[Path]:
+    """Write ``<id>_pred.npy`` (uint8, the image's full shape, values 0..3) for every image."""
+    device_ = resolve_device(device)
+    model, _ = load_model(checkpoint, device_)
+    paths = list_images(images)
+    out = Path(out)
+    todo = [p for p in paths if not (skip_existing and (out / f"{p.stem}_pred.npy").exists())]
+    written = []
+    for path, image in tqdm(decoded_images(todo, workers), total=len(todo), desc="predict", disable=not progress):
+        probs = predict_proba(model, to_tensor(image, device_), tile_size=tile_size, tta=tta)
+        pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+        target = out / f"{path.stem}_pred.npy"
+        save_npy(target, pred)
+        if overlays:
+            save_jpg(out / "overlays" / f"{path.stem}.jpg", overlay(image, pred))
+        written.append(target)
+    return written

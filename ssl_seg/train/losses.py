@@ -1,0 +1,61 @@
+"""Segmentation loss: class-weighted cross-entropy plus Dice, both skipping ignored pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.losses import dice_loss
+from torch import nn
+
+from ssl_seg import IGNORE_INDEX, NUM_CLASSES
+
+
+def class_weights(pixel_counts: np.ndarray, mode: str = "inverse_sqrt") -> torch.Tensor:
+    """Per-class weights from labeled pixel counts, scaled to a pixel-weighted mean of 1.
+
+    ``inverse`` gives 1/frequency (the SS2 top-10% solution's choice), ``inverse_sqrt`` the
+    gentler 1/sqrt(frequency), ``none`` all ones. Classes never seen get the largest weight.
+
+    Example:
+        >>> class_weights(np.array([900, 50, 40, 10]), "inverse").round(decimals=2).tolist()
+        [0.28, 5.0, 6.25, 25.0]
+    """
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    if mode == "none":
+        return torch.ones(len(counts))
+    if mode not in ("inverse", "inverse_sqrt"):
+        raise ValueError(f"class_weights must be inverse, inverse_sqrt or none, not '{mode}'")
+    frequency = counts / max(counts.sum(), 1.0)
+    seen = frequency > 0
+    weights = np.zeros_like(frequency)
+    weights[seen] = 1.0 / frequency[seen] if mode == "inverse" else 1.0 / np.sqrt(frequency[seen])
+    weights[~seen] = weights[seen].max() if seen.any() else 1.0
+    weights /= (weights * frequency).sum() if seen.any() else weights.mean()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class SegmentationLoss(nn.Module):
+    """``ce + dice_weight * dice``; returns the total and its parts for logging."""
+
+    def __init__(self, weights: torch.Tensor | None = None, dice_weight: float = 0.5,
+                 ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.register_buffer("weights", weights if weights is not None else torch.ones(NUM_CLASSES))
+        self.dice_weight = dice_weight
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = logits.float()
+        if not (target != self.ignore_index).any():
+            zero = logits.sum() * 0.0  # keeps the graph connected when a batch has no labels
+            return zero, {"ce": zero.detach(), "dice": zero.detach()}
+        ce = F.cross_entropy(logits, target, weight=self.weights, ignore_index=self.ignore_index)
+        dice = dice_loss(logits, target, average="macro", ignore_index=self.ignore_index) if self.dice_weight else ce * 0
+        return ce + self.dice_weight * dice, {"ce": ce.detach(), "dice": dice.detach()}
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the pixels where ``keep`` is true (the consistency loss)."""
+    per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
+    return (per_pixel * keep).sum() / keep.sum().clamp(min=1)

@@ -1,0 +1,295 @@
+"""One training loop for both stages, read top to bottom.
+
+``finetune``: supervised on the labeled masks (class-weighted CE + Dice).
+``pretrain``: a student learns the pseudo-labels of unlabeled images, plus online mean-teacher
+consistency (the EMA teacher labels a weak view, the student learns it on a strong, CutMixed
+view of the same geometry; pixels below a confidence threshold are left out), with labeled
+batches mixed in at ``labeled_ratio``.
+
+Single process or ``torchrun`` (DDP: NCCL on GPU, gloo on CPU); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_code
+from ssl_seg.augment import TrainAugment, cutmix
+from ssl_seg.config import TrainConfig
+from ssl_seg.data.dataset import CropDataset, DrawSampler
+from ssl_seg.data.io import read_image
+from ssl_seg.data.layout import Sample, discover, validate
+from ssl_seg.inference import autocast_for, predict_proba, to_tensor
+from ssl_seg.metrics import confusion_matrix, summarize
+from ssl_seg.models import build_model, model_spec
+from ssl_seg.tb import log_summary, panel
+from ssl_seg.train.checkpoint import load_checkpoint, save_checkpoint
+from ssl_seg.train.losses import SegmentationLoss, class_weights, masked_cross_entropy
+
+
+class TrainError(ValueError):
+    """The run cannot start as asked; the message says how to fix it."""
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def split_validation(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A seeded split; at least one validation image once there are two or more."""
+    if fraction <= 0 or len(samples) < 2:
+        return samples, []
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = max(1, round(fraction * len(samples)))
+    val = {int(i) for i in order[:n_val]}
+    return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]
+
+
+def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
+    """Unlabeled images paired with their pseudo masks, from the folder ``pseudo-label`` wrote."""
+    manifest = pseudo_dir / "manifest.json"
+    if not manifest.is_file():
+        raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first")
+    entries = yaml.safe_load(manifest.read_text())["images"]
+    samples = [Sample(id=k, image=Path(v["image"]), mask=pseudo_dir / v["mask"]) for k, v in sorted(entries.items())]
+    if not samples:
+        raise TrainError(f"{manifest} lists no pseudo-labeled images; rerun pseudo-label")
+    return samples
+
+
+def evaluate_model(model, samples, cfg: TrainConfig, device, images_cache: dict) -> tuple[dict, list]:
+    """Confusion-matrix metrics on full validation images, and a few (image, truth, pred) examples."""
+    model.eval()
+    cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64, device=device)
+    examples = []
+    for sample in samples:
+        if sample.id not in images_cache:
+            images_cache[sample.id] = (read_image(sample.image), sample.read_mask())
+        image, truth = images_cache[sample.id]
+        probs = predict_proba(model, to_tensor(image, device), tile_size=cfg.tile_size * 2, tta=cfg.val_tta,
+                              amp=cfg.amp)
+        pred = probs[0].argmax(0)
+        cm += confusion_matrix(torch.from_numpy(truth).to(device).long(), pred)
+        if len(examples) < 3:
+            examples.append((image, truth, pred.to(torch.uint8).cpu().numpy()))
+    model.train()
+    return summarize(cm.cpu().numpy()), examples
+
+
+def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "finetune", resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train and return the final validation summary (empty without validation images)."""
+    rank, world, local_rank = setup_distributed()
+    device = resolve_device(cfg.device, local_rank)
+    out = Path(out)
+    latest, best = out / "latest.pth", out / "best.pth"
+    if latest.exists() and not resume:
+        raise TrainError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+    # --- data ---------------------------------------------------------------------------------
+    binary = class_code(cfg.binary_class) if cfg.binary_class else None
+    index = discover(data, binary_class=binary)
+    validate(index)
+    labeled, val_samples = split_validation(index.labeled, cfg.val_fraction, cfg.seed)
+    if cfg.val_dir:
+        val_index = discover(cfg.val_dir, binary_class=binary)
+        validate(val_index)
+        labeled, val_samples = index.labeled, val_index.labeled
+    if not labeled:
+        raise TrainError(f"{data} has no labeled images to train on; see `ssl-seg synth --help` for the layout")
+    if mode == "pretrain" and not cfg.pseudo_labels:
+        raise TrainError("pretrain needs --pseudo-labels DIR (the output of `ssl-seg pseudo-label`)")
+    unlabeled = pseudo_samples(Path(cfg.pseudo_labels)) if mode == "pretrain" else []
+    n_labeled = cfg.batch_size if mode == "finetune" else max(0, round(cfg.batch_size * cfg.labeled_ratio))
+    n_unlabeled = cfg.batch_size - n_labeled
+
+    counts = np.zeros(NUM_CLASSES, np.int64)
+    for sample in labeled:
+        mask = sample.read_mask()
+        counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+
+    def loader(samples, per_step, start_step, pseudo):
+        dataset = CropDataset(samples, cfg.tile_size, seed=cfg.seed + (7919 if pseudo else 0), pseudo=pseudo)
+        sampler = DrawSampler(start_step * per_step * world, (cfg.steps - start_step) * per_step * world, rank, world)
+        return iter(DataLoader(dataset, batch_size=per_step, sampler=sampler, num_workers=cfg.num_workers,
+                               pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True))
+
+    # --- model, EMA, optimiser, schedule ------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, NUM_CLASSES, cfg.pretrained, cfg.local_files_only)
+    if cfg.init:
+        init_state = load_checkpoint(cfg.init)
+        model.load_state_dict(init_state["model"])
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    params = (model.parameter_groups(cfg.lr, cfg.backbone_lr_scale) if hasattr(model, "parameter_groups")
+              and cfg.pretrained else model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    criterion = SegmentationLoss(class_weights(counts, cfg.class_weights), cfg.dice_weight).to(device)
+    augment = TrainAugment().to(device)
+
+    start_step, best_score, best_step = 0, -1.0, -1
+    if resume and latest.exists():
+        state = load_checkpoint(latest)
+        if state.get("mode") != mode:
+            raise TrainError(f"{latest} is a {state.get('mode')} run; resume it with that command")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step, best_score, best_step = state["step"], state["best_score"], state["best_step"]
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    forward = torch.compile(net) if cfg.compile else net
+
+    writer = SummaryWriter(out / "tb", purge_step=start_step) if rank == 0 else None
+    if writer is not None and start_step == 0:
+        writer.add_text("config", "```\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False) + "\n```", 0)
+        writer.add_text("data", index.summary(), 0)
+
+    def checkpoint_state(step: int) -> dict:
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "mode": mode, "config": cfg.to_dict(),
+                "class_names": list(CLASS_NAMES), "model_spec": model_spec(model),
+                "best_score": best_score, "best_step": best_step}
+
+    labeled_iter = loader(labeled, n_labeled, start_step, False) if n_labeled else None
+    unlabeled_iter = loader(unlabeled, n_unlabeled, start_step, True) if n_unlabeled else None
+    images_cache: dict = {}
+    summary: dict = {}
+    timers = {"data": 0.0, "augment": 0.0, "compute": 0.0}
+    window_start, window_images = time.perf_counter(), 0
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=mode,
+               disable=not progress or rank != 0, dynamic_ncols=True)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    model.train()
+    for step in bar:
+        # Every random draw of a step (augmentation, CutMix, dropout) comes from this seed: exact resume.
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
+        tick = time.perf_counter()
+        batch_x = next(labeled_iter) if labeled_iter else None
+        batch_u = next(unlabeled_iter) if unlabeled_iter else None
+        sync()
+        timers["data"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        parts_images, parts_targets = [], []
+        if batch_x is not None:
+            img_x = batch_x["image"].to(device, non_blocking=True).float().div_(255)
+            img_x, mask_x = augment.geometric(img_x, batch_x["mask"].to(device, non_blocking=True))
+            parts_images.append(augment.weak(img_x).clamp_(0, 1))
+            parts_targets.append(mask_x)
+        if batch_u is not None:
+            img_u = batch_u["image"].to(device, non_blocking=True).float().div_(255)
+            img_u, pseudo_u = augment.geometric(img_u, batch_u["mask"].to(device, non_blocking=True))
+            weak_u = augment.weak(img_u).clamp_(0, 1)
+            with torch.no_grad(), autocast_for(device, cfg.amp):
+                teacher_probs = ema.module(weak_u).float().softmax(dim=1)
+            teacher_conf, teacher_label = teacher_probs.max(dim=1)
+            strong_u, pseudo_u, teacher_label, teacher_conf = cutmix(
+                augment.strong(img_u).clamp_(0, 1), pseudo_u, teacher_label, teacher_conf, prob=cfg.cutmix_prob)
+            keep = (teacher_conf >= cfg.consistency_threshold).float()
+            parts_images.append(strong_u)
+            parts_targets.append(pseudo_u)
+        images = torch.cat(parts_images)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        sync()
+        timers["augment"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        with autocast_for(device, cfg.amp):
+            logits = forward(images)
+        loss, parts = criterion(logits, torch.cat(parts_targets))
+        losses = {"loss_x" if mode == "finetune" else "loss_pseudo": loss.detach()}
+        if batch_u is not None:
+            if n_labeled:  # report the labeled part on its own as well
+                losses["loss_x"] = criterion(logits[:n_labeled].detach(), parts_targets[0])[0]
+            loss_cons = masked_cross_entropy(logits[n_labeled:], teacher_label, keep)
+            loss = loss + cfg.consistency_weight * loss_cons
+            losses["loss_consistency"] = loss_cons.detach()
+            losses["mask_ratio"] = keep.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        ema.update_parameters(model)
+        sync()
+        timers["compute"] += time.perf_counter() - tick
+        window_images += images.shape[0] * world
+
+        done = step + 1
+        if writer is not None and (done % cfg.log_every == 0 or done == cfg.steps):
+            elapsed = time.perf_counter() - window_start
+            writer.add_scalar("train/loss", loss.item(), done)
+            for name, value in {**losses, **parts}.items():
+                writer.add_scalar(f"train/{name}", float(value), done)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], done)
+            writer.add_scalar("train/images_per_s", window_images / max(elapsed, 1e-9), done)
+            for name, seconds in timers.items():
+                writer.add_scalar(f"time/{name}_s_per_step", seconds / cfg.log_every, done)
+            timers = dict.fromkeys(timers, 0.0)
+            window_start, window_images = time.perf_counter(), 0
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+
+        if done % cfg.val_every == 0 or done == cfg.steps:
+            if rank == 0:
+                if val_samples:
+                    summary, examples = evaluate_model(model, val_samples, cfg, device, images_cache)
+                    log_summary(writer, "eval", summary, done)
+                    if mode == "pretrain":
+                        teacher_summary, _ = evaluate_model(ema.module, val_samples, cfg, device, images_cache)
+                        log_summary(writer, "eval_teacher", teacher_summary, done)
+                    if done % cfg.image_every == 0 or done == cfg.steps:
+                        for i, (image, truth, pred) in enumerate(examples):
+                            writer.add_image(f"eval/panel_{i}", panel(image, truth, pred), done, dataformats="HWC")
+                    score = summary["micro_jaccard_macerals"]
+                    if score > best_score:
+                        best_score, best_step = score, done
+                        save_checkpoint(best, checkpoint_state(done))
+                    bar.write(f"step {done}: eval micro Jaccard (macerals) {score:.4f}, best {best_score:.4f} @ {best_step}")
+                save_checkpoint(latest, checkpoint_state(done))
+                if not val_samples:  # without validation the latest model is the one to use
+                    save_checkpoint(best, checkpoint_state(done))
+                writer.flush()
+            if world > 1:
+                dist.barrier()
+
+    if writer is not None:
+        writer.close()
+    bar.close()
+    return summary
