@@ -40,6 +40,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binary-class", help="class of 0/255 binary masks in the labels folder, e.g. liptinite")
     parser.add_argument("--num-workers", type=int, help="DataLoader workers reading and cropping images")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pth")
+    parser.add_argument("--stop-after", type=int, metavar="STEPS",
+                        help="stop after this many steps of this invocation (latest.pth saved; --resume continues)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = _train_config(args)
         summary = train(cfg, args.data, args.out, mode=args.command, resume=args.resume,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, stop_after=args.stop_after)
         if summary:
             print(f"final eval: micro Jaccard macerals {summary['micro_jaccard_macerals']:.4f}, "
                   f"all classes {summary['micro_jaccard_all']:.4f}")

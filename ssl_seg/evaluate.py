@@ -20,7 +20,13 @@ import numpy as np
 from ssl_seg import CLASS_NAMES, NUM_CLASSES
 from ssl_seg.data.io import DataError, read_mask, read_prediction
 from ssl_seg.data.layout import BINARY_CLASSES_CSV, _read_binary_classes
-from ssl_seg.metrics import ALL_LABELS, MACERAL_LABELS, confusion_matrix, micro_jaccard, summarize
+from ssl_seg.metrics import (
+    ALL_LABELS,
+    MACERAL_LABELS,
+    confusion_matrix,
+    micro_jaccard,
+    summarize,
+)
 
 PRED_SUFFIX = "_pred.npy"
 # Label names tried for an id, in this order; suffixes compared case-insensitively.
@@ -28,26 +34,29 @@ LABEL_SUFFIXES = ("_gt.npy", ".npy", ".png", ".bmp", ".tif", ".tiff")
 MAX_LISTED_IDS = 5
 
 
-def _listing(ids: list[str]) -> str:
+def format_ids(ids: list[str]) -> str:
+    """The first few ids of a list for an error message: ``a, b, c, d, e and 3 more``."""
     shown = ", ".join(sorted(ids)[:MAX_LISTED_IDS])
     more = len(ids) - MAX_LISTED_IDS
     return shown + (f" and {more} more" if more > 0 else "")
 
 
 def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
-    """Map image id -> ``<id>_pred.npy`` in ``pred_dir``; DataError when there are none."""
+    """Map image id -> ``<id>_pred.npy`` in ``pred_dir``; DataError for a missing or empty folder."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise DataError(f"{pred_dir}: prediction folder not found; pass the folder holding <id>_pred.npy files")
+        raise DataError(
+            f"{pred_dir}: prediction folder not found; fix: pass the folder holding <id>{PRED_SUFFIX} files"
+        )
     predictions = {
         path.name[: -len(PRED_SUFFIX)]: path
         for path in sorted(pred_dir.iterdir())
-        if path.is_file() and path.name.endswith(PRED_SUFFIX)
+        if path.is_file() and not path.name.startswith(".") and path.name.endswith(PRED_SUFFIX)
     }
     if not predictions:
         raise DataError(
-            f"{pred_dir}: no <id>{PRED_SUFFIX} files found; write predictions as <id>{PRED_SUFFIX} "
-            "(2-D integer arrays with values 0..3)"
+            f"{pred_dir}: no <id>{PRED_SUFFIX} files found; fix: pass the folder of predictions written by "
+            f"ssl-seg predict (<id>{PRED_SUFFIX}: 2-D integer arrays with class codes 0..3)"
         )
     return predictions
 
@@ -98,13 +107,13 @@ def evaluate_dirs(pred_dir: str | Path, labels_dir: str | Path, binary_class: in
     missing_labels = [image_id for image_id in predictions if image_id not in labels]
     if missing_labels:
         raise DataError(
-            f"{labels_dir}: no label for {len(missing_labels)} prediction(s): {_listing(missing_labels)}; "
+            f"{labels_dir}: no label for {len(missing_labels)} prediction(s): {format_ids(missing_labels)}; "
             "add <id>_gt.npy / <id>.png labels or remove those predictions"
         )
     missing_predictions = [image_id for image_id in labels if image_id not in predictions]
     if missing_predictions:
         raise DataError(
-            f"{pred_dir}: no prediction for {len(missing_predictions)} label(s): {_listing(missing_predictions)}; "
+            f"{pred_dir}: no prediction for {len(missing_predictions)} label(s): {format_ids(missing_predictions)}; "
             f"predict those images (<id>{PRED_SUFFIX}) or score against a labels folder without them"
         )
     binary_classes = read_binary_classes(labels_dir, set(labels))

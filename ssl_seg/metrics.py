@@ -57,7 +57,9 @@ def _out_of_range_message(what: str, low, high, num_classes: int) -> str:
     return f"{what} holds values {low}..{high}, expected class codes 0..{num_classes - 1}"
 
 
-def _confusion_matrix_numpy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
+def _confusion_matrix_numpy(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, ignore_index: int | None
+) -> np.ndarray:
     y_true = y_true.ravel()
     y_pred = y_pred.ravel()
     if ignore_index is not None:

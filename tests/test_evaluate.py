@@ -40,8 +40,12 @@ def test_matches_sklearn_on_concatenated_pixels(tmp_path, seed):
     result = evaluate_dirs(pred_dir, labels_dir)
 
     assert result["num_images"] == len(forms)
-    assert result["micro_jaccard_all"] == pytest.approx(jaccard_score(all_truth, all_pred, labels=[0, 1, 2, 3], average="micro"))
-    assert result["micro_jaccard_macerals"] == pytest.approx(jaccard_score(all_truth, all_pred, labels=[1, 2, 3], average="micro"))
+    assert result["micro_jaccard_all"] == pytest.approx(
+        jaccard_score(all_truth, all_pred, labels=[0, 1, 2, 3], average="micro")
+    )
+    assert result["micro_jaccard_macerals"] == pytest.approx(
+        jaccard_score(all_truth, all_pred, labels=[1, 2, 3], average="micro")
+    )
     assert sum(map(sum, result["confusion_matrix"])) == all_truth.size
     # Per-image scores are each image's own micro Jaccard.
     for index in range(len(forms)):
@@ -156,3 +160,27 @@ def test_format_report_mentions_scores_and_classes(tmp_path):
         assert name in text
     assert str(result["confusion_matrix"][1][2]) in text
     assert "x0" in text
+
+
+def test_real_binary_example_scores_itself_perfectly(real_data, tmp_path):
+    """The published SS2 example is a 0/255 liptinite mask: read with its class, it scores 1.0 against itself."""
+    from ssl_seg.data.io import read_mask
+
+    labels = real_data / "ss2_example" / "labels"
+    truth = read_mask(labels / "vyqade_gt.npy", binary_class=3)
+    (tmp_path / "p").mkdir()
+    np.save(tmp_path / "p" / "vyqade_pred.npy", truth)
+    with pytest.raises(DataError, match="binary"):
+        evaluate_dirs(tmp_path / "p", labels)
+    result = evaluate_dirs(tmp_path / "p", labels, binary_class=3)
+    assert result["micro_jaccard_macerals"] == 1.0 and result["num_images"] == 1
+    assert result["iou/liptinite"] == 1.0
+
+
+def test_binary_classes_csv_with_unknown_id_refused(tmp_path):
+    binary = np.zeros((6, 6), np.uint8)
+    binary[1:3, 1:3] = 255
+    write_pair(tmp_path / "p", tmp_path / "l", "a", binary, np.zeros((6, 6), np.uint8))
+    (tmp_path / "l" / "binary_classes.csv").write_text("id,class\nnot_there,vitrinite\n")
+    with pytest.raises(DataError, match="binary_classes.csv:2"):
+        evaluate_dirs(tmp_path / "p", tmp_path / "l")

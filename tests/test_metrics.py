@@ -151,7 +151,10 @@ def test_summarize_keys_and_values():
 
 def test_format_table_rows_and_columns():
     truth, pred = random_masks(4, (20, 20), drop_pred=1)
-    summaries = {"teacher": summarize(confusion_matrix(truth, pred)), "student": summarize(confusion_matrix(truth, truth))}
+    summaries = {
+        "teacher": summarize(confusion_matrix(truth, pred)),
+        "student": summarize(confusion_matrix(truth, truth)),
+    }
     lines = format_table(summaries).splitlines()
     assert len(lines) == 3
     header = lines[0].split()

@@ -20,7 +20,7 @@ from ssl_seg.data.io import (
     save_npy,
     save_png,
 )
-from ssl_seg.data.layout import DatasetIndex, Sample, discover, list_images, validate
+from ssl_seg.data.layout import DatasetIndex, Sample, discover, list_images, read_binary_classes, validate
 from ssl_seg.data.tiling import random_crop, sliding_window, tile_origins
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "list_images",
     "overlay",
     "random_crop",
+    "read_binary_classes",
     "read_image",
     "read_mask",
     "read_prediction",

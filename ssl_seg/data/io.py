@@ -70,7 +70,8 @@ def _rgb_from_array(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] in (1, 2):
         return np.repeat(array[:, :, :1], 3, axis=2)
     if array.ndim == 3 and array.shape[2] >= 3:
-        return np.ascontiguousarray(array[:, :, :3])
+        # A writable copy: Pillow's buffers are read-only, which torch.from_numpy warns about.
+        return np.array(array[:, :, :3], order="C")
     raise DataError(
         f"image {path}: unsupported pixel array of shape {array.shape}; fix: save it as an RGB or grey JPG/PNG/TIFF"
     )
@@ -235,9 +236,9 @@ def _integral(array: np.ndarray, path: Path, kind: str) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise DataError(f"{kind} {path}: contains NaN or infinite values; fix: save an integer (uint8) class-code mask")
     if not np.array_equal(array, np.round(array)):
-        fractional = np.unique(array[array != np.round(array)])
+        fractional, counts = np.unique(array[array != np.round(array)], return_counts=True)
         raise DataError(
-            f"{kind} {path}: float mask with fractional values (e.g. {_describe_values(fractional, np.ones_like(fractional))}); "
+            f"{kind} {path}: float mask with fractional values {_describe_values(fractional, counts, limit=4)}; "
             "fix: save integer class codes 0..3 (255 = ignore)"
         )
     return array.astype(np.int64)

@@ -170,8 +170,13 @@ def _masks_by_id(folder: Path) -> dict[str, Path]:
     return masks
 
 
-def _read_binary_classes(csv_path: Path, known_ids: set[str]) -> dict[str, int]:
-    """Parse ``id,class`` lines (optional ``id,class`` header, '#' comments, blank lines)."""
+def read_binary_classes(csv_path: str | Path, known_ids: set[str]) -> dict[str, int]:
+    """Parse a ``binary_classes.csv``: ``id,class`` lines -> {id: class code}.
+
+    Optional ``id,class`` header, '#' comments and blank lines are skipped; an unknown class,
+    an id not in ``known_ids``, a repeated id or a malformed line is a DataError naming ``file:line``.
+    """
+    csv_path = Path(csv_path)
     classes: dict[str, int] = {}
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         for line_number, row in enumerate(csv.reader(handle), start=1):
@@ -196,6 +201,10 @@ def _read_binary_classes(csv_path: Path, known_ids: set[str]) -> dict[str, int]:
                 raise DataError(f"{where}: id {image_id!r} is listed twice; fix: keep one line per image")
             classes[image_id] = code
     return classes
+
+
+# Kept for callers that imported the earlier private name.
+_read_binary_classes = read_binary_classes
 
 
 def _binary_class_code(binary_class: int | str | None) -> int | None:
@@ -224,7 +233,7 @@ def _pair_labeled(
             )
     labeled_ids = set(masks)
     csv_path = mask_folder / BINARY_CLASSES_CSV
-    per_image = _read_binary_classes(csv_path, labeled_ids) if csv_path.is_file() else {}
+    per_image = read_binary_classes(csv_path, labeled_ids) if csv_path.is_file() else {}
     labeled: list[Sample] = []
     unlabeled: list[Path] = []
     for image in images:

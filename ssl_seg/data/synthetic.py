@@ -187,7 +187,7 @@ def _lay_matrix(rng: np.random.Generator, scene: _Scene) -> None:
     count = int(density * scene.height * scene.width / u**2)
     # All grains go on one canvas; each carries a code into a table of (tone, tint).
     bright_share = rng.uniform(0.1, 0.6)
-    tones = np.where(rng.random(256) < bright_share, rng.uniform(1.1, 1.55, 256), rng.uniform(0.55, 0.95, 256))
+    tones = np.where(rng.random(256) < bright_share, rng.uniform(1.1, 1.45, 256), rng.uniform(0.55, 0.95, 256))
     tints = rng.uniform(-0.5, 0.5, 256)
     canvas = Image.new("L", (scene.width, scene.height), 0)
     painter = ImageDraw.Draw(canvas)
@@ -331,14 +331,14 @@ _BODY_DRAWERS = {VITRINITE: _vitrinite_body, INERTINITE: _inertinite_body, LIPTI
 def _maceral_targets(rng: np.random.Generator, mode: str) -> dict[int, float]:
     """Area fraction of each maceral in this scene: skewed, often one dominant group."""
     kinds = ["vitrinite", "inertinite", "liptinite", "mixed", "barren"]
-    weights = [0.28, 0.2, 0.17, 0.27, 0.08] if mode == "white" else [0.18, 0.12, 0.4, 0.24, 0.06]
+    weights = [0.35, 0.17, 0.13, 0.27, 0.08] if mode == "white" else [0.22, 0.1, 0.35, 0.27, 0.06]
     kind = rng.choice(kinds, p=weights)
     total = rng.uniform(0.05, 0.24)
     if kind == "barren":
         shares = {VITRINITE: 0.5, INERTINITE: 0.3, LIPTINITE: 0.2}
         total = rng.uniform(0.004, 0.02)
     elif kind == "mixed":
-        share = rng.dirichlet([3.0, 2.0, 1.0])
+        share = rng.dirichlet([4.0, 1.5, 1.0])
         shares = {VITRINITE: share[0], INERTINITE: share[1], LIPTINITE: share[2]}
     else:
         dominant = {"vitrinite": VITRINITE, "inertinite": INERTINITE, "liptinite": LIPTINITE}[kind]
@@ -347,7 +347,7 @@ def _maceral_targets(rng: np.random.Generator, mode: str) -> dict[int, float]:
         others = [c for c in (VITRINITE, INERTINITE, LIPTINITE) if c != dominant]
         shares = {dominant: main, others[0]: (1 - main) * rest[0], others[1]: (1 - main) * rest[1]}
         if dominant == LIPTINITE:  # thin bodies: a liptinite-rich field still covers little area
-            total *= 0.5
+            total *= 0.4
     return {c: total * share for c, share in shares.items()}
 
 
@@ -378,7 +378,7 @@ def _lay_confusers(rng: np.random.Generator, scene: _Scene) -> None:
         outline = _blob(rng, _random_point(rng, scene), u * rng.lognormal(np.log(2.5), 0.6), rng.uniform(1.0, 3.0),
                         _body_angle(rng, scene), 0.35, vertices=12)
         rr, cc = _fill(outline, shape)
-        scene.put(rr, cc, HOLE, BACKGROUND, tone=rng.uniform(0.5, 1.6))
+        scene.put(rr, cc, HOLE, BACKGROUND, tone=rng.uniform(0.6, 1.3))
     # Pyrite: framboid clusters and small cubes, often sitting in organic matter.
     for _ in range(int(rng.poisson(rng.uniform(0, 12)))):
         center = _random_point(rng, scene)
@@ -447,10 +447,10 @@ def _lay_resin(rng: np.random.Generator, scene: _Scene, rows: np.ndarray, cols: 
 
 def _white_light_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Base RGB reflectance (0..1) and texture strength per material for one white-light image."""
-    matrix = rng.uniform(0.2, 0.34)
-    vitrinite = matrix * rng.uniform(1.25, 1.9)
-    inertinite = min(vitrinite * rng.uniform(1.2, 1.7), 0.85)
-    liptinite = matrix * rng.uniform(0.5, 0.9)
+    matrix = rng.uniform(0.16, 0.3)
+    vitrinite = matrix * rng.uniform(1.45, 2.1)
+    inertinite = min(vitrinite * rng.uniform(1.25, 1.7), 0.9)
+    liptinite = matrix * rng.uniform(0.45, 0.8)
     colours = np.zeros((N_MATERIALS, 3), np.float32)
     texture = np.zeros(N_MATERIALS, np.float32)
     brownish = np.array([1.0, 0.93, 0.82]) * rng.uniform(0.95, 1.05, 3)
@@ -458,14 +458,14 @@ def _white_light_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     colours[GRAIN] = matrix * brownish * np.array([1.0, 1.02, 1.06])
     colours[BITUMEN] = matrix * rng.uniform(0.75, 0.95) * brownish
     colours[RESIN] = matrix * rng.uniform(0.3, 0.65) * np.array([0.95, 0.98, 1.0])
-    colours[HOLE] = matrix * rng.uniform(0.12, 0.45) * brownish
+    colours[HOLE] = matrix * rng.uniform(0.08, 0.4) * brownish
     colours[BUBBLE_RIM] = colours[RESIN] * 0.4
     colours[PYRITE] = rng.uniform(0.8, 1.05) * np.array([1.0, 0.96, 0.74])
     colours[VITRINITE_M] = vitrinite * np.array([1.0, 0.98, 0.95])
     colours[INERTINITE_M] = inertinite * np.array([0.98, 1.0, 1.02])
     colours[LUMEN] = matrix * rng.uniform(0.3, 0.8) * brownish
     colours[LIPTINITE_M] = liptinite * np.array([1.0, 0.9, 0.78])
-    texture[[MATRIX, GRAIN, BITUMEN]] = rng.uniform(0.12, 0.3)
+    texture[[MATRIX, GRAIN, BITUMEN]] = rng.uniform(0.1, 0.25)
     texture[[VITRINITE_M, RESIN]] = rng.uniform(0.02, 0.06)
     texture[[INERTINITE_M, LIPTINITE_M, HOLE, LUMEN, PYRITE, BUBBLE_RIM]] = rng.uniform(0.05, 0.12)
     return colours, texture

@@ -12,7 +12,7 @@ Two uncertainties are reported for the organic fractions of a sample:
 
 >>> low, high = wilson_interval(0.5, 500)
 >>> round(float(low), 4), round(float(high), 4)
-(0.4562, 0.5438)
+(0.4563, 0.5437)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import csv
 import math
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +29,12 @@ import numpy as np
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES
 from ssl_seg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, read_prediction
+from ssl_seg.evaluate import PRED_SUFFIX, format_ids
 
 MACERALS = CLASS_NAMES[1:]
-PRED_SUFFIX = "_pred.npy"
 DEFAULT_SAMPLE = "all"
 # Two-sided 95%: the normal quantile used by the Wilson interval.
 Z_95 = 1.959963984540054
-MAX_LISTED_IDS = 5
 
 
 # --------------------------------------------------------------------------- intervals
@@ -57,7 +56,10 @@ def wilson_interval(fraction, n: int, z: float = Z_95):
     denominator = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denominator
     half = z / denominator * np.sqrt(np.clip(p * (1 - p), 0.0, None) / n + z2 / (4 * n * n))
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    # Exact ends at p = 0 and 1 (rounding would leave ~1e-19 there).
+    low = np.where(p <= 0.0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    high = np.where(p >= 1.0, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return low, high
 
 
 def organic_fractions(counts: np.ndarray) -> np.ndarray:
@@ -99,30 +101,6 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[np
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
-    """Map image id -> ``<id>_pred.npy`` in ``pred_dir``; DataError for a missing or empty folder."""
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise DataError(f"{pred_dir}: prediction folder not found; fix: pass the folder holding <id>{PRED_SUFFIX} files")
-    predictions = {
-        path.name[: -len(PRED_SUFFIX)]: path
-        for path in sorted(pred_dir.iterdir())
-        if path.is_file() and not path.name.startswith(".") and path.name.endswith(PRED_SUFFIX)
-    }
-    if not predictions:
-        raise DataError(
-            f"{pred_dir}: no <id>{PRED_SUFFIX} files found; fix: point --pred to the folder written by "
-            "ssl-seg predict (2-D integer arrays with class codes 0..3)"
-        )
-    return predictions
-
-
-def _listing(ids: Iterable[str]) -> str:
-    ids = sorted(ids)
-    more = len(ids) - MAX_LISTED_IDS
-    return ", ".join(ids[:MAX_LISTED_IDS]) + (f" and {more} more" if more > 0 else "")
 
 
 def image_id_of(name: str) -> str:
@@ -171,7 +149,7 @@ def samples_from_csv(csv_path: str | Path, image_ids: Sequence[str]) -> dict[str
     missing = [image_id for image_id in image_ids if image_id not in mapping]
     if missing:
         raise DataError(
-            f"{csv_path}: no sample for {len(missing)} predicted image(s): {_listing(missing)}; "
+            f"{csv_path}: no sample for {len(missing)} predicted image(s): {format_ids(missing)}; "
             "fix: add an 'image,sample' row for each"
         )
     return {image_id: mapping[image_id] for image_id in image_ids}
@@ -195,7 +173,7 @@ def samples_from_pattern(pattern: str, image_ids: Sequence[str]) -> dict[str, st
             mapping[image_id] = sample
     if unmatched:
         raise DataError(
-            f"sample pattern {pattern!r}: no sample name in {len(unmatched)} image id(s): {_listing(unmatched)}; "
+            f"sample pattern {pattern!r}: no sample name in {len(unmatched)} image id(s): {format_ids(unmatched)}; "
             "fix: use a pattern whose first group (or whole match) is non-empty for every id"
         )
     return mapping
@@ -230,28 +208,52 @@ class ImageMeasurement:
 
 
 def measure_objects(mask: np.ndarray, class_code: int, min_pixels: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Areas (pixels) and elongations (1 - minor/major axis; 0 for a single pixel) of the
-    8-connected objects of ``class_code`` in ``mask`` with at least ``min_pixels`` pixels."""
-    from skimage.measure import label, regionprops_table
+    """Areas (pixels) and elongations of the 8-connected objects of ``class_code`` in ``mask``
+    with at least ``min_pixels`` pixels.
+
+    Elongation is ``1 - minor/major`` axis of the ellipse with the object's second moments,
+    the axes scikit-image's ``regionprops`` reports (``axis_minor_length`` /
+    ``axis_major_length``); 0 for a single pixel. Computed with ``np.bincount`` over all
+    objects at once: a noisy prediction has tens of thousands of objects, which
+    ``regionprops`` would visit one by one.
+    """
+    from skimage.measure import label
 
     labelled = label(mask == class_code, connectivity=2)
-    if labelled.max() == 0:
+    count = int(labelled.max())
+    if count == 0:
         return np.empty(0, np.int64), np.empty(0, np.float64)
-    table = regionprops_table(labelled, properties=("area", "axis_major_length", "axis_minor_length"))
-    areas = np.asarray(table["area"]).astype(np.int64)
-    major = np.asarray(table["axis_major_length"], dtype=np.float64)
-    minor = np.asarray(table["axis_minor_length"], dtype=np.float64)
+    rows, cols = np.nonzero(labelled)
+    ids = labelled[rows, cols]
+    areas = np.bincount(ids, minlength=count + 1)[1:]
+    rows = rows.astype(np.float64)
+    cols = cols.astype(np.float64)
+    # Centre per object first, so the second moments do not cancel on large coordinates.
+    mean_row = np.bincount(ids, weights=rows, minlength=count + 1)[1:] / areas
+    mean_col = np.bincount(ids, weights=cols, minlength=count + 1)[1:] / areas
+    d_row = rows - mean_row[ids - 1]
+    d_col = cols - mean_col[ids - 1]
+    var_row = np.bincount(ids, weights=d_row * d_row, minlength=count + 1)[1:] / areas
+    var_col = np.bincount(ids, weights=d_col * d_col, minlength=count + 1)[1:] / areas
+    cov = np.bincount(ids, weights=d_row * d_col, minlength=count + 1)[1:] / areas
+    # Eigenvalues of the 2x2 covariance: the squared (quarter) axis lengths.
+    half_trace = (var_row + var_col) / 2.0
+    spread = np.sqrt(((var_row - var_col) / 2.0) ** 2 + cov**2)
+    major = np.clip(half_trace + spread, 0.0, None)
+    minor = np.clip(half_trace - spread, 0.0, None)
     with np.errstate(invalid="ignore", divide="ignore"):
-        elongation = np.where(major > 0, 1.0 - minor / np.where(major > 0, major, 1.0), 0.0)
+        elongation = np.where(major > 0, 1.0 - np.sqrt(minor / np.where(major > 0, major, 1.0)), 0.0)
     keep = areas >= min_pixels
-    return areas[keep], np.clip(elongation[keep], 0.0, 1.0)
+    return areas[keep].astype(np.int64), np.clip(elongation[keep], 0.0, 1.0)
 
 
 def measure_image(image_id: str, path: Path, min_object_pixels: int = 1) -> ImageMeasurement:
     """Read one prediction strictly (DataError naming the file) and measure it."""
     mask = read_prediction(path)
     counts = np.bincount(mask.ravel(), minlength=NUM_CLASSES).astype(np.int64)
-    objects = {name: measure_objects(mask, code, min_object_pixels) for code, name in enumerate(CLASS_NAMES) if code > 0}
+    objects = {
+        name: measure_objects(mask, code, min_object_pixels) for code, name in enumerate(CLASS_NAMES) if code > 0
+    }
     return ImageMeasurement(image_id, path, mask.shape, counts, objects)
 
 
@@ -402,12 +404,32 @@ def _expand(template: str) -> list[str]:
     return [template.format(m=name) for name in MACERALS] if "{m}" in template else [template]
 
 
+# Column order of composition.csv: a group of per-maceral templates is written maceral by
+# maceral, so e.g. each organic fraction sits next to its interval.
+_COMPOSITION_ORDER: list[tuple[str, ...]] = [
+    ("level",),
+    ("sample",),
+    ("image",),
+    ("n_images",),
+    ("field_pixels",),
+    ("organic_pixels",),
+    ("organic_field_fraction",),
+    ("{m}_pixels",),
+    ("{m}_field_fraction",),
+    ("{m}_organic_fraction", "{m}_organic_fraction_ci_low", "{m}_organic_fraction_ci_high"),
+    ("points",),
+    ("{m}_points_ci_low", "{m}_points_ci_high"),
+]
+
+
 def composition_columns() -> list[str]:
-    """composition.csv header, in order: macerals expanded in CLASS_NAMES order."""
+    """composition.csv header, in order (macerals in CLASS_NAMES order)."""
     columns: list[str] = []
-    # Per-maceral templates are grouped by template (all *_pixels, then all *_field_fraction...).
-    for template in COMPOSITION_DOC:
-        columns.extend(_expand(template))
+    for group in _COMPOSITION_ORDER:
+        if "{m}" in group[0]:
+            columns.extend(template.format(m=name) for name in MACERALS for template in group)
+        else:
+            columns.extend(group)
     return columns
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ssl_seg import PALETTE
 from ssl_seg.report.composition import MACERALS, SampleSummary
@@ -66,7 +67,11 @@ def _draw_ternary_frame(axes) -> None:
         axes.text(x, y - 0.035, percent, fontsize=7, color="0.4", ha="center")
         x, y = ternary_xy(np.array([step, 0, rest]))  # inertinite ticks on the left edge
         axes.text(x - 0.02, y, percent, fontsize=7, color="0.4", ha="right", va="center")
-    labels = [("Inertinite", (-0.03, -0.05), "right"), ("Vitrinite", (1.03, -0.05), "left"), ("Liptinite", (0.5, SQRT3_2 + 0.04), "center")]
+    labels = [
+        ("Inertinite", (-0.03, -0.05), "right"),
+        ("Vitrinite", (1.03, -0.05), "left"),
+        ("Liptinite", (0.5, SQRT3_2 + 0.04), "center"),
+    ]
     for text, (x, y), align in labels:
         axes.text(x, y, text, fontsize=11, fontweight="bold", ha=align, va="center")
     axes.set_xlim(-0.2, 1.2)
@@ -105,7 +110,7 @@ def ternary_figure(samples: Sequence[SampleSummary], rng_seed: int = 0) -> Figur
     else:
         axes.text(0.5, 0.3, "no organic matter predicted", ha="center", fontsize=10, color="0.4")
     figure.suptitle("Organic composition per sample", fontsize=12)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93)
     return figure
 
 
@@ -122,23 +127,39 @@ def composition_bars_figure(samples: Sequence[SampleSummary]) -> Figure:
         for summary in samples:
             row = summary.row
             value = float(row[f"{maceral}_organic_fraction"])
-            low, high = float(row[f"{maceral}_organic_fraction_ci_low"]), float(row[f"{maceral}_organic_fraction_ci_high"])
+            low, high = (
+                float(row[f"{maceral}_organic_fraction_ci_low"]),
+                float(row[f"{maceral}_organic_fraction_ci_high"]),
+            )
             if math.isnan(low):
                 low, high = float(row[f"{maceral}_points_ci_low"]), float(row[f"{maceral}_points_ci_high"])
             values.append(0.0 if math.isnan(value) else value * 100)
             lows.append(0.0 if math.isnan(low) else max(0.0, value - low) * 100)
             highs.append(0.0 if math.isnan(high) else max(0.0, high - value) * 100)
         axes.bar(
-            positions + (index - 1) * bar_width, values, bar_width, color=colour, edgecolor="0.3", linewidth=0.5,
-            yerr=[lows, highs], capsize=3, error_kw={"elinewidth": 0.9}, label=maceral,
+            positions + (index - 1) * bar_width,
+            values,
+            bar_width,
+            color=colour,
+            edgecolor="0.3",
+            linewidth=0.5,
+            yerr=[lows, highs],
+            capsize=3,
+            error_kw={"elinewidth": 0.9},
+            label=maceral,
         )
     axes.set_xticks(positions)
-    axes.set_xticklabels([s.name for s in samples], rotation=30 if len(samples) > 6 else 0, ha="right" if len(samples) > 6 else "center")
+    axes.set_xticklabels(
+        [s.name for s in samples], rotation=30 if len(samples) > 6 else 0, ha="right" if len(samples) > 6 else "center"
+    )
     axes.set_ylabel("% of organic matter")
     axes.set_ylim(0, 105)
     axes.legend(fontsize=8, frameon=False, ncols=3, loc="upper center")
     axes.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
+    # Fixed margins: tight_layout costs more than the drawing itself.
+    figure.subplots_adjust(
+        left=0.85 / width_inches, right=1 - 0.2 / width_inches, bottom=0.2 if len(samples) > 6 else 0.1, top=0.95
+    )
     return figure
 
 
@@ -157,18 +178,25 @@ def size_histogram_figure(areas: dict[str, dict[str, np.ndarray]], sample_names:
             axes.set_xticks([])
             axes.set_yticks([])
         else:
-            top = max(2.0, float(all_areas.max()) * 1.05)
-            bins = np.logspace(0, math.log10(top), 30)
+            # Log-spaced edges at half-integers: areas are whole pixels, so no bin falls between two.
+            top = max(2.0, float(all_areas.max()) + 1.0)
+            bins = np.unique(np.round(np.logspace(0, math.log10(top), 30))) - 0.5
             for sample, colour in zip(sample_names, colours):
                 values = areas[sample][maceral]
                 if values.size:
                     axes.hist(values, bins=bins, histtype="step", color=colour, linewidth=1.4, label=sample)
             axes.set_xscale("log")
+            # Counts span decades (specks vs. large bodies): a log count axis keeps both visible.
+            axes.set_yscale("log")
+            axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axes.yaxis.set_minor_formatter(NullFormatter())
+            axes.set_ylim(bottom=0.7)
             axes.set_xlabel("object area (pixels)")
             axes.set_ylabel("objects")
             if index == 0 and len(sample_names) <= MAX_LEGEND_ENTRIES:
                 axes.legend(fontsize=7, frameon=False)
         axes.set_title(maceral, color=MACERAL_COLOURS[index] if maceral != "liptinite" else (0.7, 0.55, 0.0))
         axes.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.07, right=0.99, bottom=0.15, top=0.9, wspace=0.3)
     return figure

@@ -11,6 +11,7 @@ Single process or ``torchrun`` (DDP: NCCL on GPU, gloo on CPU); only rank 0 writ
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -78,7 +79,7 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
     manifest = pseudo_dir / "manifest.json"
     if not manifest.is_file():
         raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first")
-    entries = yaml.safe_load(manifest.read_text())["images"]
+    entries = json.loads(manifest.read_text())["images"]
     samples = [Sample(id=k, image=Path(v["image"]), mask=pseudo_dir / v["mask"]) for k, v in sorted(entries.items())]
     if not samples:
         raise TrainError(f"{manifest} lists no pseudo-labeled images; rerun pseudo-label")
@@ -105,8 +106,12 @@ def evaluate_model(model, samples, cfg: TrainConfig, device, images_cache: dict)
 
 
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "finetune", resume: bool = False,
-          progress: bool = True) -> dict:
-    """Train and return the final validation summary (empty without validation images)."""
+          progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train and return the final validation summary (empty without validation images).
+
+    ``stop_after`` ends this invocation after that many steps, saving ``latest.pth`` so that
+    ``resume=True`` continues exactly (time-limited cluster jobs).
+    """
     rank, world, local_rank = setup_distributed()
     device = resolve_device(cfg.device, local_rank)
     out = Path(out)
@@ -137,7 +142,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
 
     def loader(samples, per_step, start_step, pseudo):
-        dataset = CropDataset(samples, cfg.tile_size, seed=cfg.seed + (7919 if pseudo else 0), pseudo=pseudo)
+        # Decoded images stay in memory for small sets only (8,641 SS2 images would not fit).
+        dataset = CropDataset(samples, cfg.tile_size, seed=cfg.seed + (7919 if pseudo else 0), pseudo=pseudo,
+                              cache=len(samples) <= 512)
         sampler = DrawSampler(start_step * per_step * world, (cfg.steps - start_step) * per_step * world, rank, world)
         return iter(DataLoader(dataset, batch_size=per_step, sampler=sampler, num_workers=cfg.num_workers,
                                pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True))
@@ -266,7 +273,10 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
             window_start, window_images = time.perf_counter(), 0
             bar.set_postfix(loss=f"{loss.item():.3f}")
 
-        if done % cfg.val_every == 0 or done == cfg.steps:
+        stopping = stop_after is not None and done - start_step >= stop_after
+        if stopping and rank == 0 and not (done % cfg.val_every == 0 or done == cfg.steps):
+            save_checkpoint(latest, checkpoint_state(done))
+        elif done % cfg.val_every == 0 or done == cfg.steps:
             if rank == 0:
                 if val_samples:
                     summary, examples = evaluate_model(model, val_samples, cfg, device, images_cache)
@@ -288,6 +298,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                 writer.flush()
             if world > 1:
                 dist.barrier()
+        if stopping:
+            break
 
     if writer is not None:
         writer.close()

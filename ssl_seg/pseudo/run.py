@@ -1,0 +1,185 @@
+"""``ssl-seg pseudo-label``: a teacher labels unlabeled images, resumably.
+
+Per image: tiled (TTA) teacher probabilities -> optional DINOv2 feature agreement -> optional
+SAM or superpixel refinement -> ``masks/<id>.png`` (0..3, 255 where not confident),
+``confidence/<id>.png`` (confidence x 255) and ``entries/<id>.json``. The entry is written last,
+so an image counts as done only once all three exist; ``manifest.json`` merges the entries.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from ssl_seg.data.io import DataError, overlay, read_image, save_json, save_png
+from ssl_seg.data.layout import discover, list_images
+from ssl_seg.inference import predict_proba, to_tensor
+from ssl_seg.models.hub import ModelLoadError
+from ssl_seg.predict import decoded_images
+from ssl_seg.pseudo.refine import superpixel_refine, threshold_labels
+from ssl_seg.train.checkpoint import load_model
+from ssl_seg.train.trainer import resolve_device, setup_distributed
+
+
+def say(message: str) -> None:
+    print(f"ssl-seg pseudo-label: {message}", file=sys.stderr)
+
+
+def unlabeled_images(images: str | Path) -> list[Path]:
+    """The unlabeled images of a dataset root, or every image of a plain folder."""
+    index = discover(images)
+    found = index.unlabeled if index.layout != "images" else index.unlabeled + index.test
+    if not found:
+        raise DataError(f"{images}: no unlabeled images found; point --images at train/unlabeled or a folder of images")
+    return sorted(found, key=lambda p: p.name)
+
+
+def load_feature_teacher(dinov2: str, labeled: str | None, local_files_only: bool, device):
+    """A DINOv2 prototype teacher fitted on the labeled masks, or None (and why) when unavailable."""
+    from ssl_seg.pseudo.features import Dinov2FeatureTeacher
+
+    if not labeled:
+        say("--dinov2 needs --labeled DATASET for its class prototypes; continuing with the model teacher alone")
+        return None
+    try:
+        teacher = Dinov2FeatureTeacher.from_pretrained(dinov2, local_files_only=local_files_only, device=device)
+    except ModelLoadError as exc:
+        say(f"{exc}; continuing with the model teacher alone")
+        return None
+    samples = discover(labeled).labeled
+    teacher.fit((read_image(s.image), s.read_mask()) for s in samples)
+    return teacher
+
+
+def load_sam_refiner(sam: str | None, local_files_only: bool, device):
+    from ssl_seg.models.sam import SamRefiner
+
+    if not sam:
+        say("--refine sam without --sam weights; falling back to superpixel refinement")
+        return None
+    try:
+        return SamRefiner.from_pretrained(sam, local_files_only=local_files_only, device=device)
+    except ModelLoadError as exc:
+        say(f"{exc}; falling back to superpixel refinement")
+        return None
+
+
+def class_histogram_figure(class_pixels: np.ndarray):
+    """Bar chart of pseudo-label pixel shares per class, ignored pixels last."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.0), dpi=100)
+    names = [*CLASS_NAMES, "ignored"]
+    ax.bar(names, class_pixels / max(class_pixels.sum(), 1), color=["#888", "#e63c32", "#3ca0e6", "#fad228", "#ccc"])
+    ax.set_ylabel("share of pixels")
+    ax.set_title("pseudo-label classes", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def merge_manifest(out: Path, settings: dict) -> dict:
+    """manifest.json from every finished entry (all shards), with totals."""
+    entries = {}
+    for path in sorted((out / "entries").glob("*.json")):
+        entries[path.stem] = json.loads(path.read_text())
+    pixels = sum(e["pixels"] for e in entries.values()) or 1
+    summary = {
+        "images": len(entries),
+        "confident_fraction": sum(e["confident_fraction"] * e["pixels"] for e in entries.values()) / pixels,
+        "class_fractions": {name: sum(e["class_fractions"][name] * e["pixels"] for e in entries.values()) / pixels
+                            for name in CLASS_NAMES},
+        "changed_pixels": sum(e.get("changed_pixels", 0) for e in entries.values()),
+    }
+    manifest = {**settings, "summary": summary, "images": entries}
+    save_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, refine: str = "superpixel",
+                 sam: str | None = None, dinov2: str | None = None, labeled: str | None = None,
+                 local_files_only: bool = False, threshold: float = 0.8, tta: int = 1, tile_size: int = 512,
+                 shard: tuple[int, int] = (0, 1), device: str = "auto", workers: int = 2,
+                 progress: bool = True) -> dict:
+    rank, world, local_rank = setup_distributed()
+    if world > 1:  # under torchrun each rank takes its own shard
+        shard = (rank, world)
+    shard_index, shard_count = shard
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"--shard {shard_index}/{shard_count}: i must be in 0..n-1")
+    device_ = resolve_device(device, local_rank)
+    out = Path(out)
+    model, state = load_model(checkpoint, device_)
+
+    feature_teacher = load_feature_teacher(dinov2, labeled, local_files_only, device_) if dinov2 else None
+    sam_refiner = load_sam_refiner(sam, local_files_only, device_) if refine == "sam" else None
+    refiner = refine if refine != "sam" or sam_refiner is not None else "superpixel"
+    teacher_name = f"{Path(str(checkpoint)).resolve()}" + (f" + dinov2:{dinov2}" if feature_teacher else "")
+    settings = {"teacher": teacher_name, "refiner": refiner + (f":{sam}" if sam_refiner else ""),
+                "threshold": threshold, "tta": tta, "ignore_index": IGNORE_INDEX, "class_names": list(CLASS_NAMES)}
+
+    paths = unlabeled_images(images)[shard_index::shard_count]
+    todo = [p for p in paths if not (out / "entries" / f"{p.stem}.json").exists()]
+    if len(todo) < len(paths):
+        say(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already done")
+    writer = SummaryWriter(out / "tb" / f"shard{shard_index}") if todo else None
+    stats = {"done": 0, "skipped": len(paths) - len(todo)}
+    class_pixels = np.zeros(NUM_CLASSES + 1, np.int64)  # the last bin counts ignored pixels
+
+    bar = tqdm(decoded_images(todo, workers), total=len(todo), desc=f"pseudo-label {shard_index}/{shard_count}",
+               disable=not progress)
+    for i, (path, image) in enumerate(bar):
+        probs = predict_proba(model, to_tensor(image, device_), tile_size=tile_size, tta=tta)[0]
+        if feature_teacher is not None:
+            from ssl_seg.pseudo.features import combine
+
+            labels, confidence, _ = combine(probs.cpu().numpy(), feature_teacher.predict_proba(image))
+        else:
+            confidence, labels = (t.cpu().numpy() for t in probs.max(dim=0))
+            labels = labels.astype(np.uint8)
+        confidence = confidence.astype(np.float32)
+        if refiner == "sam":
+            pseudo, info = sam_refiner.refine(image, labels, confidence, threshold=threshold)
+        elif refiner == "superpixel":
+            pseudo, info = superpixel_refine(image, labels, confidence, threshold=threshold)
+        else:
+            pseudo, info = threshold_labels(labels, confidence, threshold), {"changed_pixels": 0}
+
+        counts = np.bincount(pseudo.ravel(), minlength=256)
+        class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
+        entry = {
+            "image": str(path.resolve()), "mask": f"masks/{path.stem}.png", "confidence": f"confidence/{path.stem}.png",
+            "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
+            "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
+            "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
+        }
+        save_png(out / "masks" / f"{path.stem}.png", pseudo)
+        save_png(out / "confidence" / f"{path.stem}.png", np.round(confidence * 255).astype(np.uint8))
+        save_json(out / "entries" / f"{path.stem}.json", entry)  # last: marks the image done
+        stats["done"] += 1
+
+        writer.add_scalar("pseudo/confident_fraction", entry["confident_fraction"], i)
+        writer.add_scalar("pseudo/changed_pixels", entry["changed_pixels"], i)
+        for c, name in enumerate(CLASS_NAMES):
+            writer.add_scalar(f"pseudo/class_fraction/{name}", entry["class_fractions"][name], i)
+        if i < 4:
+            writer.add_image(f"pseudo/overlay_{i}", overlay(image, pseudo), 0, dataformats="HWC")
+        if i % 16 == 0:
+            writer.add_histogram("pseudo/confidence", confidence[::4, ::4].ravel(), i)
+    if writer is not None:
+        writer.add_figure("pseudo/class_histogram", class_histogram_figure(class_pixels), 0)
+        writer.close()
+
+    if world > 1:
+        dist.barrier()
+    manifest = merge_manifest(out, settings) if rank == 0 else {}
+    return {**stats, **manifest.get("summary", {})}

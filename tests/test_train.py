@@ -1,0 +1,121 @@
+"""End-to-end training on CPU: fine-tune, exact resume, TensorBoard tags, semi-supervised pretrain."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ssl_seg.cli import main
+from ssl_seg.config import load_config
+from ssl_seg.data.synthetic import write_dataset
+from ssl_seg.evaluate import evaluate_dirs
+from ssl_seg.predict import predict_folder
+from ssl_seg.pseudo.run import pseudo_label
+from ssl_seg.train.trainer import TrainError, train
+
+TINY = {"steps": 6, "batch_size": 2, "tile_size": 64, "val_every": 3, "log_every": 1, "image_every": 3,
+        "warmup_steps": 1, "num_workers": 0, "lr": 2e-3}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_dataset(root, labeled=5, unlabeled=4, test=2, size=(72, 96), seed=3, progress=False)
+    return root
+
+
+def tags(run_dir):
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    return set(events.Tags()["scalars"]), set(events.Tags()["images"])
+
+
+def test_finetune_predict_evaluate(dataset, tmp_path):
+    summary = train(load_config(None, TINY), dataset, tmp_path / "run", progress=False)
+    assert 0.0 <= summary["micro_jaccard_macerals"] <= 1.0
+    state = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
+    assert {"model", "ema", "optimizer", "scheduler", "step", "config", "class_names", "model_spec"} <= set(state)
+    assert state["class_names"] == ["background", "inertinite", "vitrinite", "liptinite"]
+
+    written = predict_folder(tmp_path / "run", dataset / "test", tmp_path / "pred", tile_size=64, tta=8,
+                             overlays=True, progress=False, workers=0)
+    assert len(written) == 2
+    pred = np.load(written[0])
+    assert pred.dtype == np.uint8 and pred.shape == (72, 96) and pred.max() <= 3
+    assert len(list((tmp_path / "pred" / "overlays").glob("*.jpg"))) == 2
+    result = evaluate_dirs(tmp_path / "pred", dataset / "test_answers")
+    assert result["num_images"] == 2
+
+
+def test_resume_equals_uninterrupted(dataset, tmp_path):
+    cfg = load_config(None, {**TINY, "steps": 8, "val_every": 4})
+    train(cfg, dataset, tmp_path / "full", progress=False)
+    train(cfg, dataset, tmp_path / "split", progress=False, stop_after=5)
+    assert torch.load(tmp_path / "split" / "latest.pth", weights_only=True)["step"] == 5
+    train(cfg, dataset, tmp_path / "split", progress=False, resume=True)
+    full = torch.load(tmp_path / "full" / "latest.pth", weights_only=True)
+    split = torch.load(tmp_path / "split" / "latest.pth", weights_only=True)
+    assert split["step"] == full["step"] == 8
+    for key, value in full["model"].items():
+        torch.testing.assert_close(split["model"][key], value, rtol=0, atol=0, msg=key)
+    for key, value in full["ema"].items():
+        torch.testing.assert_close(split["ema"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_refuses_to_overwrite_a_run(dataset, tmp_path):
+    cfg = load_config(None, {**TINY, "steps": 2})
+    train(cfg, dataset, tmp_path / "run", progress=False)
+    with pytest.raises(TrainError, match="--resume"):
+        train(cfg, dataset, tmp_path / "run", progress=False)
+
+
+def test_tensorboard_tags(dataset, tmp_path):
+    train(load_config(None, TINY), dataset, tmp_path / "run", progress=False)
+    scalars, images = tags(tmp_path / "run")
+    expected = {"train/loss", "train/loss_x", "train/ce", "train/dice", "train/lr", "train/images_per_s",
+                "time/data_s_per_step", "time/augment_s_per_step", "time/compute_s_per_step",
+                "eval/micro_jaccard_macerals", "eval/micro_jaccard_all", "eval/iou/inertinite",
+                "eval/iou/vitrinite", "eval/iou/liptinite", "eval/dice/liptinite"}
+    assert expected <= scalars, expected - scalars
+    assert {"eval/panel_0", "eval/confusion_matrix"} <= images
+
+
+def test_pseudo_label_then_pretrain(dataset, tmp_path):
+    train(load_config(None, TINY), dataset, tmp_path / "teacher", progress=False)
+    stats = pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / "pl", threshold=0.3,
+                         tile_size=64, workers=0, progress=False)
+    assert stats["done"] == 4 and stats["skipped"] == 0
+    manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
+    assert len(manifest["images"]) == 4
+    entry = next(iter(manifest["images"].values()))
+    assert set(entry["class_fractions"]) == {"background", "inertinite", "vitrinite", "liptinite"}
+    assert entry["refiner"] == "superpixel"
+
+    again = pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / "pl", threshold=0.3,
+                         tile_size=64, workers=0, progress=False)
+    assert again["done"] == 0 and again["skipped"] == 4
+
+    cfg = load_config(None, {**TINY, "labeled_ratio": 0.5, "pseudo_labels": str(tmp_path / "pl"), "init": str(tmp_path / "teacher" / "best.pth"),
+                             "consistency_threshold": 0.0})
+    summary = train(cfg, dataset, tmp_path / "student", mode="pretrain", progress=False)
+    assert "micro_jaccard_macerals" in summary
+    scalars, _ = tags(tmp_path / "student")
+    assert {"train/loss_pseudo", "train/loss_x", "train/loss_consistency", "train/mask_ratio",
+            "eval_teacher/micro_jaccard_macerals", "eval/micro_jaccard_macerals"} <= scalars
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    code = main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "missing" in err
+
+
+def test_cli_module_entry_point(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ssl_seg", "synth", str(tmp_path / "d"), "--labeled", "1",
+                           "--unlabeled", "1", "--test", "1", "--size", "64x64", "--no-progress"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "d" / "train" / "labels").glob("*_gt.npy"))) == 1
