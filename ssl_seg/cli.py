@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -71,16 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint (.pth or run folder)")
     p.add_argument("--images", required=True, help="folder of unlabeled images, or a dataset root")
     p.add_argument("--out", required=True)
-    p.add_argument("--refine", choices=["none", "superpixel", "sam"], default="superpixel")
+    p.add_argument("--config", help="YAML config: refine, sam, dinov2_features, pseudo_threshold, tta keys")
+    p.add_argument("--refine", choices=["none", "superpixel", "sam"], help="default: superpixel")
     p.add_argument("--sam", help="SAM hub id or local folder (with --refine sam)")
     p.add_argument("--dinov2", help="DINOv2 hub id or local folder: feature teacher fitted on --labeled")
     p.add_argument("--labeled", help="labeled dataset for the DINOv2 class prototypes")
-    p.add_argument("--local-files-only", action="store_true")
-    p.add_argument("--threshold", type=float, default=0.8, help="confidence below which pixels are ignored (255)")
-    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 8])
-    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--local-files-only", action="store_true", default=None)
+    p.add_argument("--threshold", type=float, help="confidence below which pixels are ignored (255); default 0.8")
+    p.add_argument("--tta", type=int, choices=[1, 2, 8])
+    p.add_argument("--tile-size", type=int, help="sliding-window tile (default 512)")
     p.add_argument("--shard", default="0/1", help="i/n: label only every n-th image starting at i")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("predict", help="write <id>_pred.npy masks for a folder of images")
@@ -99,13 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--binary-class", help="class of 0/255 binary label masks")
     p.add_argument("--json", help="also write the numbers to this JSON file")
 
+    from ssl_seg.report.cli import add_arguments as add_report_arguments
+
     p = sub.add_parser("report", help="maceral composition report (CSV + HTML) from predicted masks")
-    p.add_argument("--pred", required=True)
-    p.add_argument("--images", help="the images, for overlay thumbnails")
-    p.add_argument("--samples", help="CSV with columns image,sample")
-    p.add_argument("--sample-pattern", help="regex on the image id; its first group names the sample")
-    p.add_argument("--out", required=True)
-    p.add_argument("--run", help="run folder: the summary also goes to its TensorBoard logs")
+    add_report_arguments(p)
 
     p = sub.add_parser("demo", help="the whole loop on a procedural dataset, with a score table")
     p.add_argument("--out", default="demo_out")
@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = _train_config(args)
         summary = train(cfg, args.data, args.out, mode=args.command, resume=args.resume,
                         progress=not args.no_progress, stop_after=args.stop_after)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+            return 0
         if summary:
             print(f"final eval: micro Jaccard macerals {summary['micro_jaccard_macerals']:.4f}, "
                   f"all classes {summary['micro_jaccard_all']:.4f}")
@@ -149,12 +151,22 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "pseudo-label":
         from ssl_seg.pseudo.run import pseudo_label
 
-        shard_index, shard_count = (int(v) for v in args.shard.split("/"))
-        stats = pseudo_label(args.checkpoint, args.images, args.out, refine=args.refine, sam=args.sam,
-                             dinov2=args.dinov2, labeled=args.labeled, local_files_only=args.local_files_only,
-                             threshold=args.threshold, tta=args.tta, tile_size=args.tile_size,
-                             shard=(shard_index, shard_count), device=args.device, progress=not args.no_progress)
-        print(json.dumps(stats, indent=2))
+        from ssl_seg.config import apply_overrides, load_config
+
+        flags = {"refine": args.refine, "sam": args.sam, "dinov2_features": args.dinov2, "device": args.device,
+                 "pseudo_threshold": args.threshold, "tta": args.tta, "infer_tile_size": args.tile_size,
+                 "local_files_only": args.local_files_only}
+        cfg = apply_overrides(load_config(args.config, {k: v for k, v in flags.items() if v is not None}), args.set)
+        try:
+            shard_index, shard_count = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like 0/4 (index/count), not {args.shard!r}") from None
+        stats = pseudo_label(args.checkpoint, args.images, args.out, refine=cfg.refine, sam=cfg.sam,
+                             dinov2=cfg.dinov2_features, labeled=args.labeled, local_files_only=cfg.local_files_only,
+                             threshold=cfg.pseudo_threshold, tta=cfg.tta, tile_size=cfg.infer_tile_size,
+                             shard=(shard_index, shard_count), device=cfg.device, progress=not args.no_progress)
+        if os.environ.get("RANK", "0") == "0":
+            print(json.dumps(stats, indent=2))
     elif args.command == "predict":
         from ssl_seg.predict import predict_folder
 
@@ -169,15 +181,12 @@ def run(args: argparse.Namespace) -> int:
         binary = class_code(args.binary_class) if args.binary_class else None
         result = evaluate_dirs(args.pred, args.labels, binary_class=binary)
         print(format_report(result))
-        if args.json:
-            save_json(args.json, result)
+        if args.json:  # strict JSON: NaN (a class absent from truth and prediction) becomes null
+            save_json(args.json, json.loads(json.dumps(result), parse_constant=lambda _: None))
     elif args.command == "report":
-        from ssl_seg.report import build_report
+        from ssl_seg.report.cli import run as run_report
 
-        result = build_report(args.pred, args.out, images_dir=args.images, samples_csv=args.samples,
-                              sample_pattern=args.sample_pattern, run_dir=args.run)
-        print(f"report: {Path(args.out) / 'report.html'}")
-        print(f"tables: {Path(args.out) / 'composition.csv'}, {Path(args.out) / 'objects.csv'}")
+        return run_report(args)
     elif args.command == "demo":
         from ssl_seg.demo import run_demo
 

@@ -18,6 +18,8 @@ import yaml
 
 @dataclass
 class TrainConfig:
+    """Every setting of the loop (fine-tune, pseudo-label, pretrain); flat, like the YAML files."""
+
     # what is trained
     model: str = "segformer-tiny"
     pretrained: str | None = None          # hub id or local folder for the backbone weights
@@ -41,6 +43,13 @@ class TrainConfig:
     consistency_threshold: float = 0.9     # EMA-teacher confidence below which pixels are left out
     cutmix_prob: float = 0.5
     ema_decay: float = 0.99
+    # pseudo-labelling (``pseudo-label`` command)
+    refine: str = "superpixel"             # none | superpixel | sam
+    sam: str | None = None                 # SAM hub id or local folder, with refine: sam
+    dinov2_features: str | None = None     # DINOv2 hub id or folder: feature teacher on the labeled masks
+    pseudo_threshold: float = 0.8          # confidence below which pseudo-label pixels are ignored
+    tta: int = 1                           # 1 | 2 | 8 flip/rot90 views at inference
+    infer_tile_size: int = 512             # sliding-window tile for prediction and pseudo-labelling
     # validation and logging
     val_fraction: float = 0.2
     val_dir: str | None = None             # a separate validation set (same layouts as --data)

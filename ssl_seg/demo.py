@@ -10,7 +10,6 @@ Every number printed comes from ``evaluate`` on held-out test masks of the proce
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -19,7 +19,8 @@ import numpy as np
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES
 from ssl_seg.data.io import DataError, read_mask, read_prediction
-from ssl_seg.data.layout import BINARY_CLASSES_CSV, _read_binary_classes
+from ssl_seg.data.layout import BINARY_CLASSES_CSV
+from ssl_seg.data.layout import read_binary_classes as read_binary_classes_csv  # (csv_path, known_ids)
 from ssl_seg.metrics import (
     ALL_LABELS,
     MACERAL_LABELS,
@@ -90,7 +91,7 @@ def read_binary_classes(labels_dir: str | Path, label_ids: set[str]) -> dict[str
     csv_path = Path(labels_dir) / BINARY_CLASSES_CSV
     if not csv_path.is_file():
         return {}
-    return _read_binary_classes(csv_path, label_ids)
+    return read_binary_classes_csv(csv_path, label_ids)
 
 
 def evaluate_dirs(pred_dir: str | Path, labels_dir: str | Path, binary_class: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,53 @@
+"""torchrun with 2 CPU processes (gloo): DDP fine-tuning with resume, and sharded pseudo-labelling."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ssl_seg.data.synthetic import write_dataset
+
+TINY = ["--steps", "4", "--batch-size", "2", "--tile-size", "64", "--num-workers", "0", "--no-progress",
+        "--set", "val_every=2", "log_every=1", "warmup_steps=1"]
+
+
+def torchrun(*args, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "ssl_seg", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp") / "data"
+    write_dataset(root, labeled=4, unlabeled=5, test=1, size=(64, 80), seed=5, progress=False)
+    return root
+
+
+def test_ddp_finetune_and_resume(dataset, tmp_path):
+    run = tmp_path / "run"
+    torchrun("finetune", "--data", str(dataset), "--out", str(run), *TINY, "--stop-after", "2")
+    assert torch.load(run / "latest.pth", weights_only=True)["step"] == 2
+    torchrun("finetune", "--data", str(dataset), "--out", str(run), *TINY, "--resume")
+    state = torch.load(run / "latest.pth", weights_only=True)
+    assert state["step"] == 4
+    # Only rank 0 writes: one event file per invocation, no stray per-rank folders.
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 2
+    assert sorted(p.name for p in run.iterdir()) == ["best.pth", "latest.pth", "tb"]
+
+
+def test_ddp_pseudo_label_merges_one_manifest(dataset, tmp_path):
+    torchrun("finetune", "--data", str(dataset), "--out", str(tmp_path / "teacher"), *TINY)
+    torchrun("pseudo-label", "--checkpoint", str(tmp_path / "teacher"), "--images", str(dataset),
+             "--out", str(tmp_path / "pl"), "--tile-size", "64", "--threshold", "0.3", "--no-progress")
+    manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
+    unlabeled = sorted(p.stem for p in (dataset / "train" / "unlabeled").iterdir())
+    assert sorted(manifest["images"]) == unlabeled
+    assert len(list((tmp_path / "pl" / "masks").glob("*.png"))) == len(unlabeled)
+    assert {p.name for p in (tmp_path / "pl" / "tb").iterdir()} == {"shard0", "shard1"}
