@@ -367,6 +367,17 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             temp.unlink()
 
 
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temp files that a killed process left in ``folder`` (recursively); returns how many.
+
+    Only call it when no other process writes there (a resumed job's start).
+    """
+    stale = [p for p in Path(folder).rglob(".*.tmp-*") if p.is_file()] if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     """Atomically ``np.save`` an array to exactly ``path`` (no '.npy' is appended)."""
     with atomic_write(path) as temp, open(temp, "wb") as handle:

@@ -23,6 +23,8 @@ class Dinov2Segmenter(nn.Module):
     def __init__(self, backbone: Dinov2Model, num_classes: int, head_channels: int = 256):
         super().__init__()
         self.backbone = backbone
+        # Only masked-image pretraining uses the mask token; segmentation never does.
+        backbone.embeddings.mask_token.requires_grad_(False)
         width = backbone.config.hidden_size
         self.head = nn.Sequential(
             nn.BatchNorm2d(width),

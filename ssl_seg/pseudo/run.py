@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.data.io import DataError, overlay, read_image, save_json, save_png
+from ssl_seg.data.io import DataError, overlay, read_image, remove_stale_temporaries, save_json, save_png
 from ssl_seg.data.layout import discover, list_images
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
@@ -127,6 +127,8 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     settings = {"teacher": teacher_name, "refiner": refiner + (f":{sam}" if sam_refiner else ""),
                 "threshold": threshold, "tta": tta, "ignore_index": IGNORE_INDEX, "class_names": list(CLASS_NAMES)}
 
+    if shard_count == 1:  # shards may share the folder: only a lone run may sweep it
+        remove_stale_temporaries(out)
     paths = unlabeled_images(images)[shard_index::shard_count]
     todo = [p for p in paths if not (out / "entries" / f"{p.stem}.json").exists()]
     if len(todo) < len(paths):

@@ -267,6 +267,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                 writer.add_scalar(f"train/{name}", float(value), done)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], done)
             writer.add_scalar("train/images_per_s", window_images / max(elapsed, 1e-9), done)
+            if device.type == "cuda":
+                writer.add_scalar("train/peak_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
             for name, seconds in timers.items():
                 writer.add_scalar(f"time/{name}_s_per_step", seconds / cfg.log_every, done)
             timers = dict.fromkeys(timers, 0.0)
