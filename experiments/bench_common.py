@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -36,6 +35,13 @@ if str(REPO_ROOT) not in sys.path:
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from ssl_seg.data.io import save_json  # noqa: E402
+
+try:  # transformers' load/save progress bars would interleave with the tables
+    from transformers.utils import logging as _hf_logging
+
+    _hf_logging.disable_progress_bar()
+except ImportError:
+    pass
 
 # Dense (no sparsity) tensor-core peaks from the vendors' datasheets, TFLOP/s, by dtype.
 # Matched against torch.cuda.get_device_name() in order: the first key contained in the name wins.
@@ -140,17 +146,14 @@ class StageTimer:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
-        self._depth = 0
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         sync(self.device)
         start = time.perf_counter()
-        self._depth += 1
         try:
             yield
         finally:
-            self._depth -= 1
             sync(self.device)
             self.seconds[name] += time.perf_counter() - start
             self.calls[name] += 1
@@ -201,12 +204,20 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+COPY_MARK = "_copy"
+
+
+def original_id(image_id: str) -> str:
+    """The rendered scene a copy of ``synthetic_dataset`` was made from (itself for an original)."""
+    return image_id.split(COPY_MARK)[0]
+
+
 def synthetic_dataset(root: str | Path, size: tuple[int, int], labeled: int = 0, unlabeled: int = 0,
                       unique: int = 8, seed: int = 0) -> Path:
     """A procedural SS2-layout dataset under ``root`` with ``labeled`` + ``unlabeled`` JPEGs of ``size``.
 
     Only ``unique`` scenes per split are rendered (rendering a 1024x1360 scene takes about a
-    second); the rest are byte copies under new ids, which decode at exactly the same cost.
+    second); the rest are byte copies named ``<id>_copyNNNNN``, which decode at exactly the same cost.
     """
     from ssl_seg.data.synthetic import write_dataset
 
@@ -214,10 +225,10 @@ def synthetic_dataset(root: str | Path, size: tuple[int, int], labeled: int = 0,
     write_dataset(root, labeled=min(labeled, unique), unlabeled=min(unlabeled, unique), test=0,
                   size=size, seed=seed, progress=False)
     for split, count, masks in (("labeled", labeled, "labels"), ("unlabeled", unlabeled, None)):
-        originals = sorted((root / "train" / split).glob("*.JPG"))
+        originals = sorted(p for p in (root / "train" / split).glob("*.JPG") if COPY_MARK not in p.stem)
         for index in range(len(originals), count):
             source = originals[index % len(originals)]
-            copy_id = f"{source.stem}c{index:05d}"
+            copy_id = f"{source.stem}{COPY_MARK}{index:05d}"
             shutil.copyfile(source, root / "train" / split / f"{copy_id}.JPG")
             if masks:
                 shutil.copyfile(root / "train" / masks / f"{source.stem}_gt.npy",
@@ -306,16 +317,24 @@ def write_random_sam(name: str, folder: str | Path, seed: int = 0) -> Path:
 # ----------------------------------------------------------------------------- FLOPs
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def count_flops(function: Callable, *args, **kwargs) -> tuple[Any, int]:
     """(result, FLOPs) of one call, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
-    Counts matrix multiplies, convolutions and fused attention kernels (one multiply-add = 2
-    FLOPs); elementwise work is not counted, as in the usual model-FLOPs convention. On CPU the
-    fused SDPA kernel is not in torch's table, so models using SDPA count low there.
+    Counts matrix multiplies, convolutions and attention (one multiply-add = 2 FLOPs);
+    elementwise work is not counted, as in the usual model-FLOPs convention. torch's table
+    lacks the CPU fused attention kernel, so it is added here (else CPU counts miss attention).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    custom = {cpu_sdpa: _sdpa_flops} if cpu_sdpa is not None else {}
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         result = function(*args, **kwargs)
     return result, int(counter.get_total_flops())
 
@@ -348,7 +367,7 @@ def workdir(path: Path | None) -> Iterator[Path]:
 def print_header(title: str, info: dict[str, Any]) -> None:
     print(f"== {title}")
     print(f"device: {info['device']} | torch {info['torch']}"
-          + (f" | CUDA {info['cuda']} | bf16 autocast" if info.get("cuda") else " | fp32") , flush=True)
+          + (f" | CUDA {info['cuda']} | bf16 autocast" if info.get("cuda") else " | fp32"), flush=True)
 
 
 def print_table(rows: list[list[Any]], headers: list[str]) -> None:
@@ -373,7 +392,7 @@ def print_table(rows: list[list[Any]], headers: list[str]) -> None:
 def finish(result: dict[str, Any], json_path: Path | None) -> None:
     """Write ``result`` to ``json_path`` atomically (when given) and say where."""
     if json_path is not None:
-        save_json(json_path, result)
+        save_json(json_path, to_builtin(result))
         print(f"figures written to {json_path}")
 
 
@@ -390,7 +409,3 @@ def to_builtin(value: Any) -> Any:
 
 def median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
-
-
-def dumps(result: dict[str, Any]) -> str:
-    return json.dumps(to_builtin(result), indent=2)

@@ -264,7 +264,7 @@ def _cell_lumens(rng: np.random.Generator, rr: np.ndarray, cc: np.ndarray, angle
 def _inertinite_body(rng: np.random.Generator, scene: _Scene) -> int:
     u = scene.scale
     shape = (scene.height, scene.width)
-    tone = rng.uniform(0.8, 1.2)  # semifusinite (dim) .. fusinite (bright)
+    tone = rng.uniform(0.88, 1.2)  # semifusinite (dim) .. fusinite (bright)
     kind = rng.choice(["fusinite", "fragments", "shard"], p=[0.4, 0.3, 0.3])
     if kind == "fusinite":
         angle = _body_angle(rng, scene)
@@ -331,7 +331,8 @@ _BODY_DRAWERS = {VITRINITE: _vitrinite_body, INERTINITE: _inertinite_body, LIPTI
 def _maceral_targets(rng: np.random.Generator, mode: str) -> dict[int, float]:
     """Area fraction of each maceral in this scene: skewed, often one dominant group."""
     kinds = ["vitrinite", "inertinite", "liptinite", "mixed", "barren"]
-    weights = [0.35, 0.17, 0.13, 0.27, 0.08] if mode == "white" else [0.22, 0.1, 0.35, 0.27, 0.06]
+    # Fluorescence fields are mostly picked to show liptinite (as in Stranger Sections 2).
+    weights = [0.35, 0.17, 0.13, 0.27, 0.08] if mode == "white" else [0.15, 0.07, 0.5, 0.22, 0.06]
     kind = rng.choice(kinds, p=weights)
     total = rng.uniform(0.05, 0.24)
     if kind == "barren":
@@ -447,9 +448,9 @@ def _lay_resin(rng: np.random.Generator, scene: _Scene, rows: np.ndarray, cols: 
 
 def _white_light_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Base RGB reflectance (0..1) and texture strength per material for one white-light image."""
-    matrix = rng.uniform(0.16, 0.3)
-    vitrinite = matrix * rng.uniform(1.45, 2.1)
-    inertinite = min(vitrinite * rng.uniform(1.25, 1.7), 0.9)
+    matrix = rng.uniform(0.18, 0.28)
+    vitrinite = matrix * rng.uniform(1.5, 2.1)
+    inertinite = min(vitrinite * rng.uniform(1.3, 1.75), 0.9)
     liptinite = matrix * rng.uniform(0.45, 0.8)
     colours = np.zeros((N_MATERIALS, 3), np.float32)
     texture = np.zeros(N_MATERIALS, np.float32)
@@ -479,12 +480,12 @@ def _fluorescence_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
     hues = np.array([[0.85, 1.0, 0.3], [1.0, 0.85, 0.15], [1.0, 0.55, 0.08], [0.85, 0.35, 0.05]])
     lip_hue = np.array([np.interp(maturity * 3, np.arange(4), hues[:, k]) for k in range(3)])
     matrix_hue = np.array([0.75, 0.85, 0.3]) if rng.random() < 0.5 else np.array([1.0, 0.7, 0.3])
-    matrix = rng.uniform(0.03, 0.16)
+    matrix = rng.uniform(0.05, 0.16)
     colours[MATRIX] = matrix * matrix_hue
     colours[GRAIN] = matrix * matrix_hue * rng.uniform(0.8, 1.5)
     colours[BITUMEN] = rng.uniform(0.12, 0.4) * lip_hue * np.array([1.0, 0.85, 0.8])  # diffuse, unlabeled glow
     # Vitrinite: dull brown, a little brighter or darker than the matrix glow but rarely equal.
-    vitrinite = matrix * (rng.uniform(0.2, 0.65) if rng.random() < 0.6 else rng.uniform(1.4, 2.2))
+    vitrinite = matrix * (rng.uniform(0.2, 0.55) if rng.random() < 0.6 else rng.uniform(1.5, 2.4))
     colours[VITRINITE_M] = vitrinite * np.array([1.0, 0.62, 0.3])
     colours[INERTINITE_M] = rng.uniform(0.005, 0.03) * np.array([1.0, 0.9, 0.7])
     colours[LUMEN] = colours[INERTINITE_M] * 1.5
@@ -576,16 +577,16 @@ def _optics(rng: np.random.Generator, image: np.ndarray, scene: _Scene, mode: st
     centre_r, centre_c = rng.normal(0.5, 0.15) * h, rng.normal(0.5, 0.15) * w
     radius2 = ((rows - centre_r) ** 2 + (cols - centre_c) ** 2) / (0.5 * diagonal) ** 2
     gradient = (rows / h - 0.5) * rng.normal(0, 0.2) + (cols / w - 0.5) * rng.normal(0, 0.2)
-    illumination = (1 - rng.uniform(0.0, 0.5) * radius2 + gradient).astype(np.float32)
+    illumination = (1 - rng.uniform(0.0, 0.4) * radius2 + gradient).astype(np.float32)
     illumination += 0.08 * _smooth_noise(rng, h, w, diagonal / 4)
     if mode == "white":
         cast = np.array([1 + rng.uniform(0.0, 0.18), 1.0, 1 - rng.uniform(-0.05, 0.3)])
-        gain = rng.lognormal(0.0, 0.22)
+        gain = rng.lognormal(0.0, 0.15)
     else:
         cast = np.array([1 + rng.uniform(0.0, 0.1), 1.0, 1 - rng.uniform(0.0, 0.4)])
         gain = rng.lognormal(0.1, 0.3)
     image *= (illumination[..., None] * (gain * cast).astype(np.float32))
-    image = np.clip(image, 0, 1.2) ** np.float32(1 / rng.uniform(0.8, 1.25))
+    image = np.clip(image, 0, 1.2) ** np.float32(1 / rng.uniform(0.85, 1.18))
     picture = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
     # Soft focus, stronger in some regions than others.
     sharp_sigma = rng.uniform(0.3, 1.4) * scene.scale + (0.5 if mode == "fluorescence" else 0.0)

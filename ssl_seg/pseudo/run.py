@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +89,12 @@ def class_histogram_figure(class_pixels: np.ndarray):
     return fig
 
 
+def write_outputs(out: Path, stem: str, pseudo: np.ndarray, confidence: np.ndarray, entry: dict) -> None:
+    save_png(out / "masks" / f"{stem}.png", pseudo)
+    save_png(out / "confidence" / f"{stem}.png", np.round(confidence * 255).astype(np.uint8))
+    save_json(out / "entries" / f"{stem}.json", entry)  # last: marks the image done
+
+
 def merge_manifest(out: Path, settings: dict) -> dict:
     """manifest.json from every finished entry (all shards), with totals."""
     entries = {}
@@ -137,6 +145,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     stats = {"done": 0, "skipped": len(paths) - len(todo)}
     class_pixels = np.zeros(NUM_CLASSES + 1, np.int64)  # the last bin counts ignored pixels
 
+    writer_pool, pending = ThreadPoolExecutor(max_workers=2), deque()
     bar = tqdm(decoded_images(todo, workers), total=len(todo), desc=f"pseudo-label {shard_index}/{shard_count}",
                disable=not progress)
     for i, (path, image) in enumerate(bar):
@@ -164,9 +173,10 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
             "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
         }
-        save_png(out / "masks" / f"{path.stem}.png", pseudo)
-        save_png(out / "confidence" / f"{path.stem}.png", np.round(confidence * 255).astype(np.uint8))
-        save_json(out / "entries" / f"{path.stem}.json", entry)  # last: marks the image done
+        # PNG encoding runs on a writer thread while the device labels the next image.
+        pending.append(writer_pool.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
+        while len(pending) > 8:
+            pending.popleft().result()
         stats["done"] += 1
 
         writer.add_scalar("pseudo/confident_fraction", entry["confident_fraction"], i)
@@ -177,6 +187,9 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             writer.add_image(f"pseudo/overlay_{i}", overlay(image, pseudo), 0, dataformats="HWC")
         if i % 16 == 0:
             writer.add_histogram("pseudo/confidence", confidence[::4, ::4].ravel(), i)
+    for job in pending:
+        job.result()
+    writer_pool.shutdown()
     if writer is not None:
         writer.add_figure("pseudo/class_histogram", class_histogram_figure(class_pixels), 0)
         writer.close()

@@ -194,7 +194,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     unlabeled_iter = loader(unlabeled, n_unlabeled, start_step, True) if n_unlabeled else None
     images_cache: dict = {}
     summary: dict = {}
-    timers = {"data": 0.0, "augment": 0.0, "compute": 0.0}
+    timers = {"data": 0.0, "augment": 0.0, "teacher": 0.0, "compute": 0.0}
     window_start, window_images = time.perf_counter(), 0
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=mode,
                disable=not progress or rank != 0, dynamic_ncols=True)
@@ -224,11 +224,18 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
             img_u = batch_u["image"].to(device, non_blocking=True).float().div_(255)
             img_u, pseudo_u = augment.geometric(img_u, batch_u["mask"].to(device, non_blocking=True))
             weak_u = augment.weak(img_u).clamp_(0, 1)
+            strong_u = augment.strong(img_u).clamp_(0, 1)
+            sync()
+            timers["augment"] += time.perf_counter() - tick
+            tick = time.perf_counter()
             with torch.no_grad(), autocast_for(device, cfg.amp):
                 teacher_probs = ema.module(weak_u).float().softmax(dim=1)
             teacher_conf, teacher_label = teacher_probs.max(dim=1)
+            sync()
+            timers["teacher"] += time.perf_counter() - tick
+            tick = time.perf_counter()
             strong_u, pseudo_u, teacher_label, teacher_conf = cutmix(
-                augment.strong(img_u).clamp_(0, 1), pseudo_u, teacher_label, teacher_conf, prob=cfg.cutmix_prob)
+                strong_u, pseudo_u, teacher_label, teacher_conf, prob=cfg.cutmix_prob)
             keep = (teacher_conf >= cfg.consistency_threshold).float()
             parts_images.append(strong_u)
             parts_targets.append(pseudo_u)

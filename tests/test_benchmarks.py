@@ -1,0 +1,72 @@
+"""Each benchmark script in experiments/ still runs: its --smoke mode in a subprocess, checked by its JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def run_smoke(script: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{script}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    completed = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / f"{script}.py"), "--smoke", "--device", "cpu", "--json", str(out), *extra],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    assert "device: CPU" in completed.stdout and "torch" in completed.stdout
+    result = json.loads(out.read_text())
+    assert result["device_type"] == "cpu" and result["torch"]
+    return result
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_pseudo_label_smoke(tmp_path):
+    result = run_smoke("bench_pseudo_label", tmp_path)
+    assert positive(result["images_per_s"])
+    assert result["prompts_per_image"] > 0  # the refiner saw prompts
+    stages = result["stage_ms_per_image"]
+    assert {"decode wait", "teacher", "SAM encoder", "SAM decoder", "write (PNG + JSON)"} <= set(stages)
+    assert positive(stages["teacher"]) and positive(stages["SAM encoder"])
+    flops = result["gflops_per_image"]
+    assert positive(flops["teacher"]) and positive(flops["sam_encoder"])
+    assert flops["total"] == pytest.approx(flops["teacher"] + flops["sam_encoder"] + flops["sam_decoder"])
+    assert result["achieved_tflops"] == pytest.approx(flops["total"] * result["images_per_s"] / 1e3)
+    assert result["peak_tflops"] is None and result["target_met"] is None  # no peak or target on a CPU
+
+
+@pytest.mark.parametrize("mode", ["finetune", pytest.param("pretrain", marks=pytest.mark.slow)])
+def test_train_step_smoke(tmp_path, mode):
+    result = run_smoke("bench_train_step", tmp_path, "--mode", mode)
+    assert result["settings"]["mode"] == mode
+    assert positive(result["images_per_s"]) and result["windows"] >= 1
+    parts = result["ms_per_step"]
+    assert {"data wait", "augmentation", "forward + backward + optimizer"} <= set(parts)
+    assert positive(parts["forward + backward + optimizer"])
+    assert sum(result["share_of_step"].values()) >= 0.99  # the parts (and "other") make up the step
+    assert result["peak_memory_gib"] is None  # only logged on CUDA
+    assert isinstance(result["augmentation_within_5_percent"], bool) and isinstance(result["data_starved"], bool)
+
+
+def test_seed_way_smoke(tmp_path):
+    result = run_smoke("bench_seed_way", tmp_path)
+    for part in ("training", "sam"):
+        figures = result[part]
+        assert positive(figures["ours_images_per_s"]) and positive(figures["seed_images_per_s"])
+        assert figures["ratio"] == pytest.approx(figures["ours_images_per_s"] / figures["seed_images_per_s"])
+    sam = result["sam"]
+    assert sam["prompts_per_image"] > 0
+    # ours embeds once and batches the prompts; the seed's way calls the model once per prompt
+    assert sam["model_calls_per_image"]["ours"] < sam["model_calls_per_image"]["seed"]
+    assert sam["maps_agree_fraction"] > 0.9
