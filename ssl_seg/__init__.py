@@ -1,5 +1,11 @@
 """ssl_seg: semi-supervised semantic segmentation of kerogen macerals."""
 
+import os
+
+# OpenMP threads that spin while waiting make CPU training ~10x slower as soon as another
+# process (a DataLoader worker, a second job) wants a core. Takes effect if torch is not yet loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 CLASS_NAMES = ("background", "inertinite", "vitrinite", "liptinite")
