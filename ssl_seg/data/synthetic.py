@@ -25,9 +25,6 @@ run with the same arguments skips the files already there and resumes where the 
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from skimage import draw
 from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES
+from ssl_seg.data.io import DataError, save_jpg, save_npy
 
 MODES = ("white", "fluorescence")
 # Share of white-light scenes when the mode is left to chance.
@@ -53,8 +51,9 @@ ID_LENGTH = 6
 BACKGROUND, INERTINITE, VITRINITE, LIPTINITE = range(NUM_CLASSES)
 
 # Materials: what a pixel is made of, which decides how it looks in each mode.
-MATRIX, GRAIN, RESIN, HOLE, PYRITE, BUBBLE_RIM, VITRINITE_M, INERTINITE_M, LUMEN, LIPTINITE_M, BITUMEN = range(11)
 N_MATERIALS = 11
+(MATRIX, GRAIN, RESIN, HOLE, PYRITE, BUBBLE_RIM,
+ VITRINITE_M, INERTINITE_M, LUMEN, LIPTINITE_M, BITUMEN) = range(N_MATERIALS)
 
 
 @dataclass
@@ -111,11 +110,15 @@ def _fbm(rng: np.random.Generator, height: int, width: int, cell: float, octaves
 
 
 def _noise_1d(rng: np.random.Generator, n: int, knots: int, periodic: bool = False) -> np.ndarray:
-    """Smooth 1-D noise (std ~0.6) sampled at n points, with `knots` random control values."""
+    """Smooth 1-D noise (std ~0.7) sampled at n points, eased between `knots` random control values."""
     values = rng.standard_normal(knots + 1)
     if periodic:
         values[-1] = values[0]
-    return np.interp(np.linspace(0, knots, n), np.arange(knots + 1), values)
+    position = np.linspace(0, knots, n)
+    left = np.minimum(position.astype(np.int64), knots - 1)
+    t = position - left
+    t = t * t * (3 - 2 * t)  # smoothstep: no corners at the knots
+    return values[left] + (values[left + 1] - values[left]) * t
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -124,7 +127,9 @@ def _noise_1d(rng: np.random.Generator, n: int, knots: int, periodic: bool = Fal
 def _to_image(center: tuple[float, float], angle: float, along: np.ndarray, across: np.ndarray):
     """Local (along, across) coordinates of a body at `angle` -> image (rows, cols)."""
     direction_r, direction_c = -np.sin(angle), np.cos(angle)
-    return center[0] + along * direction_r + across * direction_c, center[1] + along * direction_c - across * direction_r
+    rows = center[0] + along * direction_r + across * direction_c
+    cols = center[1] + along * direction_c - across * direction_r
+    return rows, cols
 
 
 def _lens(rng: np.random.Generator, center, length: float, thickness: float, angle: float,
@@ -135,8 +140,9 @@ def _lens(rng: np.random.Generator, center, length: float, thickness: float, ang
     along = (s - 0.5) * length
     bend = wobble * length * _noise_1d(rng, n, 3)
     profile = np.sin(np.pi * np.clip(s, 1e-3, 1 - 1e-3)) ** taper
-    upper = bend + 0.5 * thickness * profile * np.clip(1 + roughness * _noise_1d(rng, n, max(2, n // 6)), 0.2, None)
-    lower = bend - 0.5 * thickness * profile * np.clip(1 + roughness * _noise_1d(rng, n, max(2, n // 6)), 0.2, None)
+    knots = max(2, n // 6)
+    upper = bend + 0.5 * thickness * profile * np.clip(1 + roughness * _noise_1d(rng, n, knots), 0.2, None)
+    lower = bend - 0.5 * thickness * profile * np.clip(1 + roughness * _noise_1d(rng, n, knots), 0.2, None)
     return _to_image(center, angle, np.concatenate([along, along[::-1]]), np.concatenate([upper, lower[::-1]]))
 
 
@@ -210,6 +216,7 @@ def _lay_matrix(rng: np.random.Generator, scene: _Scene) -> None:
 
 
 def _vitrinite_body(rng: np.random.Generator, scene: _Scene) -> int:
+    """One vitrinite band, lens or clast (with shrinkage cracks); returns the pixels painted."""
     u = scene.scale
     shape = (scene.height, scene.width)
     if rng.random() < 0.55:  # band
@@ -222,7 +229,8 @@ def _vitrinite_body(rng: np.random.Generator, scene: _Scene) -> int:
     else:  # equant clast with rounded or broken outline
         radius = u * rng.uniform(5, 22)
         if rng.random() < 0.5:
-            outline = _blob(rng, _random_point(rng, scene), radius, rng.uniform(1.0, 2.0), _body_angle(rng, scene), 0.25)
+            outline = _blob(rng, _random_point(rng, scene), radius, rng.uniform(1.0, 2.0),
+                            _body_angle(rng, scene), 0.25)
         else:
             outline = _shard(rng, _random_point(rng, scene), radius, rng.uniform(1.0, 1.8), rng.uniform(0, np.pi))
     rr, cc = _fill(outline, shape)
@@ -262,6 +270,7 @@ def _cell_lumens(rng: np.random.Generator, rr: np.ndarray, cc: np.ndarray, angle
 
 
 def _inertinite_body(rng: np.random.Generator, scene: _Scene) -> int:
+    """One fusinite with cell lumens, a swarm of fragments or a sharp shard; returns pixels painted."""
     u = scene.scale
     shape = (scene.height, scene.width)
     tone = rng.uniform(0.88, 1.2)  # semifusinite (dim) .. fusinite (bright)
@@ -287,7 +296,8 @@ def _inertinite_body(rng: np.random.Generator, scene: _Scene) -> int:
         added = 0
         for _ in range(int(rng.integers(3, 14))):
             point = (center[0] + rng.normal(0, spread), center[1] + rng.normal(0, spread))
-            rr, cc = _fill(_shard(rng, point, u * rng.uniform(1.5, 6), rng.uniform(1.0, 2.0), rng.uniform(0, np.pi)), shape)
+            outline = _shard(rng, point, u * rng.uniform(1.5, 6), rng.uniform(1.0, 2.0), rng.uniform(0, np.pi))
+            rr, cc = _fill(outline, shape)
             added += scene.put(rr, cc, INERTINITE_M, INERTINITE, tone=tone * rng.uniform(0.9, 1.1),
                                tint=rng.normal(-0.1, 0.1))
         return added
@@ -297,18 +307,21 @@ def _inertinite_body(rng: np.random.Generator, scene: _Scene) -> int:
 
 
 def _liptinite_body(rng: np.random.Generator, scene: _Scene, large: bool = False) -> int:
+    """One liptinite stringer, spore or resinite body (or a large band); returns pixels painted."""
     u = scene.scale
     shape = (scene.height, scene.width)
     tone, tint = rng.uniform(0.6, 1.25), rng.normal(0.0, 0.25)
     kind = "band" if large else rng.choice(["stringer", "spore", "resinite"], p=[0.55, 0.32, 0.13])
     if kind == "band":  # lamalginite / cutinite sheet: a long thick liptinite band
         outline = _lens(rng, _random_point(rng, scene), u * rng.uniform(70, 300), u * rng.uniform(5, 22),
-                        _body_angle(rng, scene), taper=rng.uniform(0.2, 0.7), wobble=rng.uniform(0.02, 0.08), roughness=0.3)
+                        _body_angle(rng, scene), taper=rng.uniform(0.2, 0.7), wobble=rng.uniform(0.02, 0.08),
+                        roughness=0.3)
         rr, cc = _fill(outline, shape)
         return scene.put(rr, cc, LIPTINITE_M, LIPTINITE, tone=tone, tint=tint)
     if kind == "stringer":  # alginite / thin cutinite: thin bodies along the bedding
         outline = _lens(rng, _random_point(rng, scene), u * rng.uniform(12, 80), max(1.5, u * rng.uniform(1.5, 5.0)),
-                        _body_angle(rng, scene), taper=rng.uniform(0.4, 1.0), wobble=rng.uniform(0.0, 0.06), roughness=0.3)
+                        _body_angle(rng, scene), taper=rng.uniform(0.4, 1.0), wobble=rng.uniform(0.0, 0.06),
+                        roughness=0.3)
         rr, cc = _fill(outline, shape)
         return scene.put(rr, cc, LIPTINITE_M, LIPTINITE, tone=tone, tint=tint)
     if kind == "spore":  # flattened spore: a lens whose collapsed cavity shows as a darker seam
@@ -317,10 +330,13 @@ def _liptinite_body(rng: np.random.Generator, scene: _Scene, large: bool = False
         length, thickness = u * rng.uniform(8, 35), max(2.0, u * rng.uniform(2.5, 7.0))
         rr, cc = _fill(_lens(rng, center, length, thickness, angle, taper=0.6, wobble=0.06, roughness=0.1), shape)
         added = scene.put(rr, cc, LIPTINITE_M, LIPTINITE, tone=tone, tint=tint)
-        sr, sc = _fill(_lens(rng, center, 0.8 * length, 0.25 * thickness, angle, taper=0.8, wobble=0.0, roughness=0.0), shape)
-        scene.tone[sr, sc] *= 0.6
+        seam_outline = _lens(rng, center, 0.8 * length, 0.25 * thickness, angle, taper=0.8, wobble=0.0, roughness=0.0)
+        sr, sc = _fill(seam_outline, shape)
+        seam = scene.material[sr, sc] == LIPTINITE_M
+        scene.tone[sr[seam], sc[seam]] *= 0.6
         return added
-    outline = _blob(rng, _random_point(rng, scene), u * rng.uniform(2.5, 9), rng.uniform(1.0, 1.8), _body_angle(rng, scene), 0.15)
+    outline = _blob(rng, _random_point(rng, scene), u * rng.uniform(2.5, 9), rng.uniform(1.0, 1.8),
+                    _body_angle(rng, scene), 0.15)
     rr, cc = _fill(outline, shape)
     return scene.put(rr, cc, LIPTINITE_M, LIPTINITE, tone=tone, tint=tint)
 
@@ -339,7 +355,7 @@ def _maceral_targets(rng: np.random.Generator, mode: str) -> dict[int, float]:
         shares = {VITRINITE: 0.5, INERTINITE: 0.3, LIPTINITE: 0.2}
         total = rng.uniform(0.004, 0.02)
     elif kind == "mixed":
-        share = rng.dirichlet([4.0, 1.5, 1.0])
+        share = rng.dirichlet([4.0, 1.5, 0.8])
         shares = {VITRINITE: share[0], INERTINITE: share[1], LIPTINITE: share[2]}
     else:
         dominant = {"vitrinite": VITRINITE, "inertinite": INERTINITE, "liptinite": LIPTINITE}[kind]
@@ -348,11 +364,12 @@ def _maceral_targets(rng: np.random.Generator, mode: str) -> dict[int, float]:
         others = [c for c in (VITRINITE, INERTINITE, LIPTINITE) if c != dominant]
         shares = {dominant: main, others[0]: (1 - main) * rest[0], others[1]: (1 - main) * rest[1]}
         if dominant == LIPTINITE:  # thin bodies: a liptinite-rich field still covers little area
-            total *= 0.4
+            total *= 0.3
     return {c: total * share for c, share in shares.items()}
 
 
 def _lay_macerals(rng: np.random.Generator, scene: _Scene, mode: str) -> None:
+    """Paint vitrinite, then inertinite, then liptinite bodies until each class's area target is met."""
     area = scene.height * scene.width
     targets = _maceral_targets(rng, mode)
     for label in (VITRINITE, INERTINITE, LIPTINITE):
@@ -363,7 +380,7 @@ def _lay_macerals(rng: np.random.Generator, scene: _Scene, mode: str) -> None:
             if rng.random() < 0.85:
                 wanted = max(wanted, 60 * scene.scale**2)
             # Liptinite-rich fields often hold one or two big bands besides the small bodies.
-            for _ in range(int(rng.poisson(wanted / (0.02 * area)))):
+            for _ in range(int(rng.poisson(wanted / (0.03 * area)))):
                 painted += _liptinite_body(rng, scene, large=True)
         while painted < wanted and attempts < 300:
             painted += _BODY_DRAWERS[label](rng, scene)
@@ -423,7 +440,8 @@ def _lay_resin(rng: np.random.Generator, scene: _Scene, rows: np.ndarray, cols: 
         edge = np.interp(tangent_pos, np.linspace(-extent, extent, n), ragged)
         resin |= distance + edge > offset
     for _ in range(int(rng.poisson(0.4))):  # resin-filled cracks across the field
-        outline = _lens(rng, _random_point(rng, scene, 0.0), u * rng.uniform(150, 450), max(1.2, u * rng.uniform(1.0, 5.0)),
+        outline = _lens(rng, _random_point(rng, scene, 0.0), u * rng.uniform(150, 450),
+                        max(1.2, u * rng.uniform(1.0, 5.0)),
                         rng.uniform(0, np.pi), taper=0.2, wobble=rng.uniform(0.03, 0.1), roughness=0.4)
         rr, cc = _fill(outline, shape)
         resin[rr, cc] = True
@@ -438,6 +456,8 @@ def _lay_resin(rng: np.random.Generator, scene: _Scene, rows: np.ndarray, cols: 
             continue
         radius = u * rng.uniform(3, 15)
         rr, cc = draw.disk(center, radius, shape=shape)
+        inside = resin[rr, cc]
+        rr, cc = rr[inside], cc[inside]
         ring = np.hypot(rr - center[0], cc - center[1]) > radius - max(1.0, 0.2 * radius)
         scene.material[rr[ring], cc[ring]] = BUBBLE_RIM
         scene.tone[rr[~ring], cc[~ring]] = rng.uniform(1.05, 1.4)
@@ -483,7 +503,7 @@ def _fluorescence_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
     matrix = rng.uniform(0.05, 0.16)
     colours[MATRIX] = matrix * matrix_hue
     colours[GRAIN] = matrix * matrix_hue * rng.uniform(0.8, 1.5)
-    colours[BITUMEN] = rng.uniform(0.12, 0.4) * lip_hue * np.array([1.0, 0.85, 0.8])  # diffuse, unlabeled glow
+    colours[BITUMEN] = rng.uniform(0.08, 0.28) * lip_hue * np.array([1.0, 0.85, 0.8])  # diffuse, unlabeled glow
     # Vitrinite: dull brown, a little brighter or darker than the matrix glow but rarely equal.
     vitrinite = matrix * (rng.uniform(0.2, 0.55) if rng.random() < 0.6 else rng.uniform(1.5, 2.4))
     colours[VITRINITE_M] = vitrinite * np.array([1.0, 0.62, 0.3])
@@ -527,7 +547,8 @@ def _shade(rng: np.random.Generator, scene: _Scene, mode: str, rows: np.ndarray,
         small = max(1, int(round(4 * u)))
         low = image[::small, ::small]
         halo = ndimage.gaussian_filter(low, sigma=(rng.uniform(1.0, 3.0), rng.uniform(1.0, 3.0), 0))
-        halo_full = np.stack([np.asarray(Image.fromarray(halo[..., k]).resize((w, h), Image.BILINEAR)) for k in range(3)], -1)
+        halo_full = np.stack(
+            [np.asarray(Image.fromarray(halo[..., k]).resize((w, h), Image.BILINEAR)) for k in range(3)], -1)
         image += rng.uniform(0.15, 0.5) * halo_full
     return image
 
@@ -548,9 +569,11 @@ def _polishing_scratches(rng: np.random.Generator, scene: _Scene, image: np.ndar
         lr, lc, weight = lr[keep], lc[keep], weight[keep]
         strength = rng.uniform(-0.45, 0.25)  # mostly darker, sometimes a bright relief edge
         thickness = max(1, int(round(scene.scale * rng.uniform(0.6, 1.5))))
+        steep = abs(np.sin(angle)) > abs(np.cos(angle))  # thicken across the line, not along it
         for offset in range(thickness):
-            rr = np.clip(lr + offset, 0, h - 1)
-            image[rr, lc] *= (1 + strength * weight)[:, None]
+            rr = lr if steep else np.clip(lr + offset, 0, h - 1)
+            cc = np.clip(lc + offset, 0, w - 1) if steep else lc
+            image[rr, cc] *= (1 + strength * weight)[:, None]
 
 
 def _field_stop(rng: np.random.Generator, scene: _Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
@@ -592,7 +615,8 @@ def _optics(rng: np.random.Generator, image: np.ndarray, scene: _Scene, mode: st
     sharp_sigma = rng.uniform(0.3, 1.4) * scene.scale + (0.5 if mode == "fluorescence" else 0.0)
     soft = np.asarray(picture.filter(ImageFilter.GaussianBlur(sharp_sigma)), np.float32)
     if rng.random() < 0.5:
-        blurred = np.asarray(picture.filter(ImageFilter.GaussianBlur(sharp_sigma + rng.uniform(1, 4) * scene.scale)), np.float32)
+        defocus = sharp_sigma + rng.uniform(0.5, 2.5) * scene.scale
+        blurred = np.asarray(picture.filter(ImageFilter.GaussianBlur(defocus)), np.float32)
         weight = np.clip(0.5 + 1.5 * _smooth_noise(rng, h, w, diagonal / 3), 0, 1)[..., None]
         soft = soft + weight * (blurred - soft)
     noise_level = rng.uniform(1.0, 6.0)
@@ -605,7 +629,8 @@ def _optics(rng: np.random.Generator, image: np.ndarray, scene: _Scene, mode: st
 
 def _check_size(height: int, width: int) -> None:
     if int(height) != height or int(width) != width or height < MIN_SIDE or width < MIN_SIDE:
-        raise ValueError(f"synthetic image size must be two integers >= {MIN_SIDE} (height, width), got {(height, width)}")
+        raise ValueError(
+            f"synthetic image size must be two integers >= {MIN_SIDE} (height, width), got {(height, width)}")
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int,
@@ -618,6 +643,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
     artefacts yet; `write_dataset` adds them by saving JPEG.
     """
     _check_size(height, width)
+    height, width = int(height), int(width)
     if mode is None:
         mode = "white" if rng.random() < WHITE_LIGHT_SHARE else "fluorescence"
     if mode not in MODES:
@@ -655,27 +681,20 @@ def _scene_mode(seed: int, split_code: int, index: int) -> str:
     return "white" if rng.random() < WHITE_LIGHT_SHARE else "fluorescence"
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _jpeg_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
-
-
-def _npy_bytes(mask: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, mask, allow_pickle=False)
-    return buffer.getvalue()
+def _existing_scene(image_path: Path, mask_path: Path | None, size: tuple[int, int]) -> np.ndarray | None:
+    """Check a file pair left by an earlier run has the requested size; return its mask (if any)."""
+    with Image.open(image_path) as picture:
+        found = (picture.height, picture.width)
+    mask = None if mask_path is None else np.load(mask_path)
+    if mask is not None and mask.shape != found:
+        found = mask.shape
+        image_path = mask_path
+    if found != size:
+        raise DataError(
+            f"{image_path} is {found[0]}x{found[1]} but size {size[0]}x{size[1]} was asked: "
+            "write into a new folder, or rerun with the size used before"
+        )
+    return mask
 
 
 def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
@@ -691,10 +710,11 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
         >>> summary["counts"]
         {'labeled': 4, 'unlabeled': 8, 'test': 2}
     """
-    counts = {"labeled": labeled, "unlabeled": unlabeled, "test": test}
+    counts = {"labeled": labeled, "unlabeled": unlabeled, "test": test, "seed": seed}
     for name, count in counts.items():
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-            raise ValueError(f"--{name} must be a whole number >= 0, got {count!r}")
+            raise ValueError(f"synthetic dataset: {name} must be a whole number >= 0, got {count!r}")
+    del counts["seed"]
     if len(tuple(size)) != 2:
         raise ValueError(f"size must be (height, width), got {size!r}")
     height, width = (int(v) for v in size)
@@ -725,15 +745,15 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
                 image_path = image_dir / f"{scene_id}.JPG"
                 mask_path = None if mask_dir is None else mask_dir / f"{scene_id}_gt.npy"
                 if image_path.exists() and (mask_path is None or mask_path.exists()):
-                    mask = None if mask_path is None else np.load(mask_path)
+                    mask = _existing_scene(image_path, mask_path, (height, width))
                     skipped += 1
                 else:
                     image, mask = render_scene(np.random.default_rng([seed, code, index]), height, width, mode)
                     if mask_path is not None:
-                        _write_atomically(mask_path, _npy_bytes(mask))
-                    _write_atomically(image_path, _jpeg_bytes(image))
+                        save_npy(mask_path, mask)
+                    save_jpg(image_path, image, quality=JPEG_QUALITY)
                     written += 1
-                if mask is not None:
+                if mask_path is not None:  # class fractions of the labeled + test masks only
                     pixel_counts += np.bincount(mask.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
                 bar.update(1)
     total = max(1, int(pixel_counts.sum()))

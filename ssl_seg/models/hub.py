@@ -20,6 +20,9 @@ def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, **
         ssl_seg.models.hub.ModelLoadError: ...
     """
     looks_local = Path(name_or_dir).expanduser().exists() or name_or_dir.startswith((".", "/", "~"))
+    if looks_local and not Path(name_or_dir).expanduser().is_dir():
+        raise ModelLoadError(f"cannot load {cls.__name__}: '{name_or_dir}' is not a folder; pass the folder "
+                             "written by save_pretrained() (config.json + weights) or a hub id")
     try:
         return cls.from_pretrained(str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir,
                                    local_files_only=local_files_only, **kwargs)
