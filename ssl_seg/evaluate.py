@@ -19,7 +19,7 @@ import numpy as np
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES
 from ssl_seg.data.io import DataError, read_mask, read_prediction
-from ssl_seg.data.layout import BINARY_CLASSES_CSV
+from ssl_seg.data.layout import BINARY_CLASSES_CSV, masks_by_id
 from ssl_seg.data.layout import read_binary_classes as read_binary_classes_csv  # (csv_path, known_ids)
 from ssl_seg.metrics import (
     ALL_LABELS,
@@ -31,7 +31,6 @@ from ssl_seg.metrics import (
 
 PRED_SUFFIX = "_pred.npy"
 # Label names tried for an id, in this order; suffixes compared case-insensitively.
-LABEL_SUFFIXES = ("_gt.npy", ".npy", ".png", ".bmp", ".tif", ".tiff")
 MAX_LISTED_IDS = 5
 
 
@@ -67,21 +66,8 @@ def find_labels(labels_dir: str | Path) -> dict[str, Path]:
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
         raise DataError(f"{labels_dir}: label folder not found; pass the folder holding <id>_gt.npy or <id>.png masks")
-    labels: dict[str, Path] = {}
-    for path in sorted(labels_dir.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.name.endswith(PRED_SUFFIX):
-            continue
-        lower = path.name.lower()
-        suffix = next((s for s in LABEL_SUFFIXES if lower.endswith(s)), None)
-        if suffix is None:
-            continue
-        image_id = path.name[: -len(suffix)]
-        if image_id in labels:
-            raise DataError(
-                f"{labels_dir}: two labels for image {image_id!r} ({labels[image_id].name}, {path.name}); keep one"
-            )
-        labels[image_id] = path
-    return labels
+    # The data layer's matching, so evaluation pairs files exactly as training does.
+    return {image_id: path for image_id, path in masks_by_id(labels_dir).items() if not path.name.endswith(PRED_SUFFIX)}
 
 
 def read_binary_classes(labels_dir: str | Path, label_ids: set[str]) -> dict[str, int]:

@@ -127,7 +127,7 @@ def test_two_labels_for_one_id_refused(tmp_path):
     truth, pred = random_pair(rng, (8, 8))
     write_pair(tmp_path / "p", tmp_path / "l", "a", truth, pred)
     Image.fromarray(truth).save(tmp_path / "l" / "a.png")
-    with pytest.raises(DataError, match="two labels"):
+    with pytest.raises(DataError, match="both belong to image id"):
         evaluate_dirs(tmp_path / "p", tmp_path / "l")
 
 

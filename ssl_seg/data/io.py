@@ -244,7 +244,8 @@ def _integral(array: np.ndarray, path: Path, kind: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _check_binary_class(binary_class: int | str | None) -> int | None:
+def binary_class_code(binary_class: int | str | None) -> int | None:
+    """The class code of a binary mask's foreground (name or code), None when not given."""
     if binary_class is None:
         return None
     try:
@@ -269,7 +270,7 @@ def read_mask(path: str | Path, binary_class: int | None = None, *, pseudo: bool
     """
     path = Path(path)
     kind = "pseudo-label" if pseudo else "mask"
-    code = _check_binary_class(binary_class)
+    code = binary_class_code(binary_class)
     array = _squeeze_to_2d(_load_label_array(path, kind), path, kind)
 
     if array.dtype == np.bool_:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ssl_seg import class_code
-from ssl_seg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, image_size, read_image, read_mask
+from ssl_seg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, binary_class_code, image_size, read_image,
+                             read_mask)
 
 BINARY_CLASSES_CSV = "binary_classes.csv"
 MASK_FOLDER_NAMES = ("masks", "labels")
@@ -157,7 +158,7 @@ def _mask_id(mask: Path) -> str:
     return stem[: -len(LABEL_SUFFIX)] if stem.endswith(LABEL_SUFFIX) else stem
 
 
-def _masks_by_id(folder: Path) -> dict[str, Path]:
+def masks_by_id(folder: Path) -> dict[str, Path]:
     """Map image id -> mask file; ``<id>`` and ``<id>_gt`` both name image ``<id>``."""
     masks: dict[str, Path] = {}
     for mask in _visible_files(folder, MASK_SUFFIXES):
@@ -203,17 +204,6 @@ def read_binary_classes(csv_path: str | Path, known_ids: set[str]) -> dict[str, 
     return classes
 
 
-# Kept for callers that imported the earlier private name.
-_read_binary_classes = read_binary_classes
-
-
-def _binary_class_code(binary_class: int | str | None) -> int | None:
-    if binary_class is None:
-        return None
-    try:
-        return class_code(binary_class)
-    except ValueError as error:
-        raise DataError(f"binary class {binary_class!r}: {error}") from None
 
 
 def _pair_labeled(
@@ -224,7 +214,7 @@ def _pair_labeled(
     ``require_all``: every image must have a mask (SS2 ``train/labeled``).
     A mask without an image is always an error: it means a typo or a missing file.
     """
-    masks = _masks_by_id(mask_folder)
+    masks = masks_by_id(mask_folder)
     image_ids = {image.stem for image in images}
     for mask_id, mask in masks.items():
         if mask_id not in image_ids:
@@ -293,7 +283,7 @@ def discover(root: str | Path, binary_class: int | None = None) -> DatasetIndex:
     a ``binary_classes.csv`` beside the masks overrides it per image.
     """
     root = Path(root)
-    code = _binary_class_code(binary_class)
+    code = binary_class_code(binary_class)
     if not root.is_dir():
         raise DataError(f"dataset root {root}: not found; fix: {_LAYOUTS_HELP}")
     if (root / "train").is_dir():
