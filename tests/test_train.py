@@ -119,3 +119,10 @@ def test_cli_module_entry_point(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "d" / "train" / "labels").glob("*_gt.npy"))) == 1
+
+
+def test_init_checkpoint_decides_the_architecture(dataset, tmp_path):
+    train(load_config(None, {**TINY, "steps": 2, "model": "dinov2-tiny"}), dataset, tmp_path / "dino", progress=False)
+    cfg = load_config(None, {**TINY, "steps": 2, "init": str(tmp_path / "dino" / "latest.pth")})  # model: segformer-tiny
+    train(cfg, dataset, tmp_path / "again", progress=False)
+    assert torch.load(tmp_path / "again" / "latest.pth", weights_only=True)["model_spec"]["family"] == "dinov2"

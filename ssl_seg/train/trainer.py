@@ -35,7 +35,7 @@ from ssl_seg.data.io import read_image
 from ssl_seg.data.layout import Sample, discover, validate
 from ssl_seg.inference import autocast_for, predict_proba, to_tensor
 from ssl_seg.metrics import confusion_matrix, summarize
-from ssl_seg.models import build_model, model_spec
+from ssl_seg.models import build_model, model_from_spec, model_spec
 from ssl_seg.tb import log_summary, panel
 from ssl_seg.train.checkpoint import load_checkpoint, save_checkpoint
 from ssl_seg.train.losses import SegmentationLoss, class_weights, masked_cross_entropy
@@ -151,10 +151,12 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
 
     # --- model, EMA, optimiser, schedule ------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, NUM_CLASSES, cfg.pretrained, cfg.local_files_only)
-    if cfg.init:
+    if cfg.init:  # the checkpoint decides the architecture; --model and --pretrained are not used
         init_state = load_checkpoint(cfg.init)
+        model = model_from_spec(init_state["model_spec"])
         model.load_state_dict(init_state["model"])
+    else:
+        model = build_model(cfg.model, NUM_CLASSES, cfg.pretrained, cfg.local_files_only)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
