@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled", help="labeled dataset for the DINOv2 class prototypes")
     p.add_argument("--local-files-only", action="store_true", default=None)
     p.add_argument("--threshold", type=float, help="confidence below which pixels are ignored (255); default 0.8")
+    p.add_argument("--class-balance", type=float,
+                   help="each predicted class keeps at least this share of its most confident pixels "
+                        "(class-balanced self-training, Zou et al. 2018; default 0: off)")
     p.add_argument("--tta", type=int, choices=[1, 2, 8])
     p.add_argument("--tile-size", type=int, help="sliding-window tile (default 512)")
     p.add_argument("--shard", default="0/1", help="i/n: label only every n-th image starting at i")
@@ -154,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         from ssl_seg.config import apply_overrides, load_config
 
         flags = {"refine": args.refine, "sam": args.sam, "dinov2_features": args.dinov2, "device": args.device,
-                 "pseudo_threshold": args.threshold, "tta": args.tta, "infer_tile_size": args.tile_size,
+                 "pseudo_threshold": args.threshold, "pseudo_class_balance": args.class_balance,
+                 "tta": args.tta, "infer_tile_size": args.tile_size,
                  "local_files_only": args.local_files_only}
         cfg = apply_overrides(load_config(args.config, {k: v for k, v in flags.items() if v is not None}), args.set)
         try:
@@ -164,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         stats = pseudo_label(args.checkpoint, args.images, args.out, refine=cfg.refine, sam=cfg.sam,
                              dinov2=cfg.dinov2_features, labeled=args.labeled, local_files_only=cfg.local_files_only,
                              threshold=cfg.pseudo_threshold, tta=cfg.tta, tile_size=cfg.infer_tile_size,
-                             shard=(shard_index, shard_count), device=cfg.device, progress=not args.no_progress)
+                             shard=(shard_index, shard_count), device=cfg.device, progress=not args.no_progress,
+                             class_balance=cfg.pseudo_class_balance)
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(stats, indent=2))
     elif args.command == "predict":

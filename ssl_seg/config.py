@@ -48,6 +48,7 @@ class TrainConfig:
     sam: str | None = None                 # SAM hub id or local folder, with refine: sam
     dinov2_features: str | None = None     # DINOv2 hub id or folder: feature teacher on the labeled masks
     pseudo_threshold: float = 0.8          # confidence below which pseudo-label pixels are ignored
+    pseudo_class_balance: float = 0.0      # each class keeps at least this share of its pixels (0: off)
     tta: int = 1                           # 1 | 2 | 8 flip/rot90 views at inference
     infer_tile_size: int = 512             # sliding-window tile for prediction and pseudo-labelling
     # validation and logging

@@ -120,3 +120,22 @@ def test_runs_fast_on_a_real_full_size_image(real_data):
     assert set(np.unique(refined)) <= {0, 1, 2, 3, IGNORE_INDEX}
     assert stats["segments"] > 1000
     assert elapsed < 5.0  # ~1 s on one core; generous for loaded CI machines
+
+
+def test_class_balanced_confidence_keeps_a_share_of_every_class():
+    from ssl_seg.pseudo.refine import class_balanced_confidence
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(4, size=(64, 64), p=[0.85, 0.05, 0.07, 0.03]).astype(np.uint8)
+    # A teacher sure of background and unsure of macerals, as early teachers are.
+    confidence = np.where(labels == 0, rng.uniform(0.9, 1.0, labels.shape), rng.uniform(0.3, 0.7, labels.shape))
+    confidence = confidence.astype(np.float32)
+    assert (threshold_labels(labels, confidence, 0.9)[labels > 0] == 255).all()
+
+    balanced = class_balanced_confidence(labels, confidence, threshold=0.9, keep=0.5)
+    kept = threshold_labels(labels, balanced, 0.9)
+    for class_id in range(4):
+        share = (kept[labels == class_id] == class_id).mean()
+        assert share >= 0.5, (class_id, share)
+    assert (balanced >= confidence).all() and balanced.max() <= 1.0
+    assert class_balanced_confidence(labels, confidence, 0.9, keep=0.0) is confidence

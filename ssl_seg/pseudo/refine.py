@@ -160,3 +160,30 @@ def superpixel_refine(
         "changed_pixels": int((refined != base).sum()),
     }
     return refined, stats
+
+
+def class_balanced_confidence(labels: np.ndarray, confidence: np.ndarray, threshold: float,
+                              keep: float = 0.5) -> np.ndarray:
+    """Rescale confidence so that every predicted class keeps at least ``keep`` of its pixels.
+
+    A single threshold keeps mostly background: a teacher is most sure where nothing is. Class-
+    balanced self-training (Zou et al., ECCV 2018) gives each class its own threshold, here the
+    lower of ``threshold`` and the (1 - keep) quantile of that class's confidences in the image.
+    Confidences are scaled so that passing a class's own threshold means passing ``threshold``,
+    so every refiner keeps using one number. ``keep=0`` returns ``confidence`` unchanged.
+
+    >>> labels = np.array([[0, 0, 1, 1]], np.uint8)
+    >>> confidence = np.array([[0.99, 0.95, 0.6, 0.4]], np.float32)
+    >>> class_balanced_confidence(labels, confidence, threshold=0.9, keep=0.5).astype(float).round(2).tolist()
+    [[0.99, 0.95, 0.9, 0.6]]
+    """
+    if keep <= 0:
+        return confidence
+    check_teacher_maps(labels, confidence)
+    adjusted = confidence.astype(np.float32, copy=True)
+    for class_id in np.unique(labels):
+        pixels = labels == class_id
+        class_threshold = min(threshold, float(np.quantile(confidence[pixels], 1.0 - keep, method="higher")))
+        if 0 < class_threshold < threshold:
+            adjusted[pixels] = np.minimum(confidence[pixels] * (threshold / class_threshold), 1.0)
+    return adjusted

@@ -26,7 +26,7 @@ from ssl_seg.data.layout import discover, list_images
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
 from ssl_seg.predict import decoded_images
-from ssl_seg.pseudo.refine import superpixel_refine, threshold_labels
+from ssl_seg.pseudo.refine import class_balanced_confidence, superpixel_refine, threshold_labels
 from ssl_seg.train.checkpoint import load_model
 from ssl_seg.train.trainer import resolve_device, setup_distributed
 
@@ -117,7 +117,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
                  sam: str | None = None, dinov2: str | None = None, labeled: str | None = None,
                  local_files_only: bool = False, threshold: float = 0.8, tta: int = 1, tile_size: int = 512,
                  shard: tuple[int, int] = (0, 1), device: str = "auto", workers: int = 2,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, class_balance: float = 0.0) -> dict:
     rank, world, local_rank = setup_distributed()
     if world > 1:  # under torchrun each rank takes its own shard
         shard = (rank, world)
@@ -133,7 +133,8 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     refiner = refine if refine != "sam" or sam_refiner is not None else "superpixel"
     teacher_name = f"{Path(str(checkpoint)).resolve()}" + (f" + dinov2:{dinov2}" if feature_teacher else "")
     settings = {"teacher": teacher_name, "refiner": refiner + (f":{sam}" if sam_refiner else ""),
-                "threshold": threshold, "tta": tta, "ignore_index": IGNORE_INDEX, "class_names": list(CLASS_NAMES)}
+                "threshold": threshold, "class_balance": class_balance, "tta": tta, "ignore_index": IGNORE_INDEX,
+                "class_names": list(CLASS_NAMES)}
 
     if shard_count == 1:  # shards may share the folder: only a lone run may sweep it
         remove_stale_temporaries(out)
@@ -158,12 +159,13 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             confidence, labels = (t.cpu().numpy() for t in probs.max(dim=0))
             labels = labels.astype(np.uint8)
         confidence = confidence.astype(np.float32)
+        balanced = class_balanced_confidence(labels, confidence, threshold, class_balance)
         if refiner == "sam":
-            pseudo, info = sam_refiner.refine(image, labels, confidence, threshold=threshold)
+            pseudo, info = sam_refiner.refine(image, labels, balanced, threshold=threshold)
         elif refiner == "superpixel":
-            pseudo, info = superpixel_refine(image, labels, confidence, threshold=threshold)
+            pseudo, info = superpixel_refine(image, labels, balanced, threshold=threshold)
         else:
-            pseudo, info = threshold_labels(labels, confidence, threshold), {"changed_pixels": 0}
+            pseudo, info = threshold_labels(labels, balanced, threshold), {"changed_pixels": 0}
 
         counts = np.bincount(pseudo.ravel(), minlength=256)
         class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
