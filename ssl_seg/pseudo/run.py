@@ -15,14 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from ssl_seg.data.io import DataError, overlay, read_image, remove_stale_temporaries, save_json, save_png
-from ssl_seg.data.layout import discover, list_images
+from ssl_seg.data.layout import discover
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
 from ssl_seg.predict import decoded_images
