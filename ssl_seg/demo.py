@@ -2,9 +2,10 @@
 
 Both arms get the same total number of optimiser steps and the same seed:
 - supervised: ``finetune`` on the labeled masks for ``total_steps``;
-- semi-supervised: ``finetune`` a teacher, ``pseudo-label`` the unlabeled images, ``pretrain``
-  a student (starting from the teacher) on them with mean-teacher consistency and labeled batches
-  mixed in, ``finetune`` it; the teacher's steps count in the budget.
+- semi-supervised: ``finetune`` a teacher, ``pseudo-label`` the unlabeled images (TTA, confident
+  pixels only), ``pretrain`` a student (starting from the teacher) on them with mean-teacher
+  consistency and labeled batches mixed in, then ``finetune`` it if steps are left; the teacher's
+  steps count in the budget.
 Every number printed comes from ``evaluate`` on held-out test masks of the procedural data.
 """
 
@@ -29,11 +30,14 @@ class DemoConfig:
     size: tuple[int, int] = (192, 256)
     total_steps: int = 480
     teacher_steps: int = 240       # of total_steps: teacher fine-tune
-    pretrain_steps: int = 160      # of total_steps: student pretraining; the rest fine-tunes the student
+    pretrain_steps: int = 240      # of total_steps: student pretraining; the rest (if any) fine-tunes it
     batch_size: int = 8
     tile_size: int = 160
-    threshold: float = 0.9
-    refine: str = "superpixel"
+    threshold: float = 0.9         # pseudo-label confidence; below it pixels are ignored
+    tta: int = 8                   # flip/rot90 views the teacher averages when pseudo-labelling
+    # Superpixels made the procedural pseudo-labels worse (foreground Jaccard 0.46 -> 0.38): off.
+    refine: str = "none"
+    labeled_ratio: float = 0.5     # share of labeled crops in each pretraining batch
     model: str = "segformer-tiny"
     lr: float = 1e-3
     num_workers: int = 2
@@ -84,6 +88,10 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, config: str | Path | N
     from ssl_seg.report import build_report
 
     demo = DemoConfig.from_yaml(config)
+    if not demo.supervised_only and (demo.teacher_steps <= 0 or demo.pretrain_steps <= 0
+                                     or demo.teacher_steps + demo.pretrain_steps > demo.total_steps):
+        raise ValueError(f"demo config {config}: teacher_steps and pretrain_steps must be positive and sum to at "
+                         f"most total_steps ({demo.total_steps})")
     out = Path(out)
     data = out / "data"
     started = time.perf_counter()
@@ -103,21 +111,29 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, config: str | Path | N
 
     if not demo.supervised_only:
         student_steps = demo.total_steps - demo.teacher_steps - demo.pretrain_steps
-        if student_steps <= 0:
-            raise ValueError("demo: teacher_steps + pretrain_steps must be below total_steps")
         stage(f"semi-supervised 1/4: teacher finetune {demo.teacher_steps} steps")
         _train(data, out / "runs" / "teacher", demo.teacher_steps, demo, seed, progress)
-        stage(f"semi-supervised 2/4: pseudo-label {demo.unlabeled} unlabeled images ({demo.refine})")
+        # The teacher is the supervised model at a smaller budget: scored too, so that the table
+        # shows whether the semi-supervised gain is more than the supervised arm over-training.
+        results[f"teacher ({demo.teacher_steps} steps)"] = _score(out / "runs" / "teacher" / "best.pth", data,
+                                                                   out / "pred" / "teacher", progress)
+        stage(f"semi-supervised 2/4: pseudo-label {demo.unlabeled} unlabeled images "
+              f"(TTA {demo.tta}, refine {demo.refine})")
         pseudo_label(out / "runs" / "teacher" / "best.pth", data / "train" / "unlabeled", out / "pseudo",
-                     refine=demo.refine, threshold=demo.threshold, tile_size=256, progress=progress)
+                     refine=demo.refine, threshold=demo.threshold, tta=demo.tta, tile_size=256, progress=progress)
         stage(f"semi-supervised 3/4: student pretrain {demo.pretrain_steps} steps on pseudo-labels")
-        _train(data, out / "runs" / "student_pretrain", demo.pretrain_steps, demo, seed, progress, mode="pretrain",
-               pseudo_labels=str(out / "pseudo"), init=str(out / "runs" / "teacher" / "best.pth"))
-        stage(f"semi-supervised 4/4: student finetune {student_steps} steps")
-        _train(data, out / "runs" / "student", student_steps, demo, seed, progress,
-               init=str(out / "runs" / "student_pretrain" / "latest.pth"), lr=demo.lr * 0.5)
-        results["semi-supervised"] = _score(out / "runs" / "student" / "best.pth", data,
-                                            out / "pred" / "semi_supervised", progress)
+        student = out / "runs" / "student_pretrain"
+        _train(data, student, demo.pretrain_steps, demo, seed, progress, mode="pretrain",
+               pseudo_labels=str(out / "pseudo"), init=str(out / "runs" / "teacher" / "best.pth"),
+               labeled_ratio=demo.labeled_ratio)
+        if student_steps:
+            stage(f"semi-supervised 4/4: student finetune {student_steps} steps")
+            _train(data, out / "runs" / "student", student_steps, demo, seed, progress,
+                   init=str(student / "latest.pth"), lr=demo.lr * 0.5)
+            student = out / "runs" / "student"
+        else:
+            stage("semi-supervised 4/4: no steps left for a separate fine-tune (the pretraining mixed in labels)")
+        results["semi-supervised"] = _score(student / "best.pth", data, out / "pred" / "semi_supervised", progress)
 
     final_arm = "semi_supervised" if "semi-supervised" in results else "supervised"
     stage("maceral composition report")

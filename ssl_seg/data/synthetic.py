@@ -698,13 +698,16 @@ def _existing_scene(image_path: Path, mask_path: Path | None, size: tuple[int, i
 
 
 def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
-                  size: tuple[int, int] = (256, 320), seed: int = 0, progress: bool = True) -> dict:
+                  size: tuple[int, int] = (256, 320), seed: int = 0, progress: bool = True,
+                  unlabeled_truth: bool = False) -> dict:
     """Write a procedural dataset in the Stranger Sections 2 layout and return a summary.
 
     Layout: ``out/train/labeled/<id>.JPG``, ``out/train/labels/<id>_gt.npy``,
     ``out/train/unlabeled/<id>.JPG``, ``out/test/<id>.JPG`` and ``out/test_answers/<id>_gt.npy``.
     Files already present are kept (each image depends only on seed, split and index), so an
-    interrupted run resumes. Example:
+    interrupted run resumes. ``unlabeled_truth=True`` also writes the masks of the unlabeled
+    scenes to ``out/train/unlabeled_truth/`` (for diagnostics such as pseudo-label accuracy;
+    training never reads them). Example:
 
         >>> summary = write_dataset("synth", labeled=4, unlabeled=8, test=2, size=(128, 160), progress=False)
         >>> summary["counts"]
@@ -722,7 +725,7 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
     out = Path(out)
     folders = {
         "labeled": (out / "train" / "labeled", out / "train" / "labels"),
-        "unlabeled": (out / "train" / "unlabeled", None),
+        "unlabeled": (out / "train" / "unlabeled", out / "train" / "unlabeled_truth" if unlabeled_truth else None),
         "test": (out / "test", out / "test_answers"),
     }
     for image_dir, mask_dir in folders.values():
@@ -753,7 +756,7 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
                         save_npy(mask_path, mask)
                     save_jpg(image_path, image, quality=JPEG_QUALITY)
                     written += 1
-                if mask_path is not None:  # class fractions of the labeled + test masks only
+                if mask_path is not None and split != "unlabeled":  # class fractions of labeled + test masks
                     pixel_counts += np.bincount(mask.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
                 bar.update(1)
     total = max(1, int(pixel_counts.sum()))

@@ -56,6 +56,10 @@ class SegmentationLoss(nn.Module):
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the pixels where ``keep`` is true (the consistency loss)."""
+    """Cross-entropy summed over the pixels where ``keep`` is true, divided by all pixels.
+
+    Dividing by all pixels (as UniMatch does) lets the loss grow with the teacher's confidence:
+    early in training, when few pixels pass the threshold, they do not carry the full weight.
+    """
     per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
-    return (per_pixel * keep).sum() / keep.sum().clamp(min=1)
+    return (per_pixel * keep).sum() / keep.numel()

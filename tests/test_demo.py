@@ -1,0 +1,44 @@
+"""``ssl-seg demo`` end to end at a tiny budget: both arms, the teacher row, the files it promises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from ssl_seg.demo import DemoConfig, run_demo
+
+TINY = {"labeled": 3, "unlabeled": 6, "test": 2, "size": [96, 128], "total_steps": 8, "teacher_steps": 4,
+        "batch_size": 2, "tile_size": 64, "num_workers": 0, "tta": 2}
+
+
+@pytest.mark.parametrize("pretrain_steps", [2, 4], ids=["with-student-finetune", "pretrain-only"])
+def test_demo_runs_both_arms(tmp_path, capsys, pretrain_steps):
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "pretrain_steps": pretrain_steps}))
+    results = run_demo(tmp_path / "out", seed=0, config=config, progress=False)
+
+    assert list(results) == ["supervised", "teacher (4 steps)", "semi-supervised"]
+    for scores in results.values():
+        assert 0.0 <= scores["micro_jaccard_macerals"] <= scores["micro_jaccard_all"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "semi-supervised" in printed and "teacher (4 steps)" in printed
+    out = tmp_path / "out"
+    assert (out / "runs" / "student").exists() == (pretrain_steps < 4)  # a fine-tune only when steps are left
+    manifest = json.loads((out / "pseudo" / "manifest.json").read_text())
+    assert len(manifest["images"]) == 6 and manifest["tta"] == 2
+    saved = json.loads((out / "demo_results.json").read_text())
+    assert set(saved["results"]) == set(results) and saved["config"]["pretrain_steps"] == pretrain_steps
+    assert (out / "report" / "report.html").is_file()
+
+
+def test_demo_config_rejects_unknown_keys_and_bad_budgets(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("total_step: 10\n")
+    with pytest.raises(ValueError, match="unknown demo keys"):
+        DemoConfig.from_yaml(bad)
+    over = tmp_path / "over.yaml"
+    over.write_text(yaml.safe_dump({**TINY, "pretrain_steps": 5}))
+    with pytest.raises(ValueError, match="at most total_steps"):
+        run_demo(tmp_path / "out", config=over, progress=False)
