@@ -145,3 +145,21 @@ def test_write_dataset_refuses_bad_arguments(tmp_path, bad):
     arguments = dict(labeled=1, unlabeled=0, test=0, size=SMALL, seed=0, progress=False) | bad
     with pytest.raises(ValueError):
         write_dataset(tmp_path, **arguments)
+
+
+def test_unlabeled_truth_is_the_scene_the_image_was_drawn_from(tmp_path):
+    from ssl_seg.data.layout import discover
+
+    write_dataset(tmp_path, labeled=1, unlabeled=3, test=1, size=(64, 80), seed=5, progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "train" / "unlabeled").iterdir()}
+    write_dataset(tmp_path, labeled=1, unlabeled=3, test=1, size=(64, 80), seed=5, progress=False,
+                  unlabeled_truth=True)
+    truths = sorted((tmp_path / "train" / "unlabeled_truth").glob("*_gt.npy"))
+    assert [p.name.replace("_gt.npy", ".JPG") for p in truths] == sorted(before)
+    # Re-rendering for the truth leaves the images as they were.
+    assert {p.name: p.read_bytes() for p in (tmp_path / "train" / "unlabeled").iterdir()} == before
+    for path in truths:
+        mask = np.load(path)
+        assert mask.shape == (64, 80) and mask.dtype == np.uint8 and mask.max() <= 3
+    index = discover(tmp_path)  # training never sees the hidden truth
+    assert len(index.labeled) == 1 and len(index.unlabeled) == 3
