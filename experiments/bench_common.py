@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES  # noqa: E402
+from ssl_seg.cli import parse_size  # noqa: E402,F401  (the scripts' --size flag)
 from ssl_seg.data.io import save_json  # noqa: E402
 
 try:  # transformers' load/save progress bars would interleave with the tables
@@ -193,15 +194,6 @@ def timed(device: torch.device, function: Callable, *args, **kwargs) -> tuple[An
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"1024x1360"`` -> (1024, 1360): height x width."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 1024x1360, not {text!r}") from None
-    return height, width
 
 
 COPY_MARK = "_copy"

@@ -21,7 +21,7 @@ The GPU figures (one H100):
 
 (b) SAM refinement of teacher maps. ``SamRefiner.refine`` (the image embedded once, prompts
     decoded in batches, post-processing in torch on the device) versus
-    ``SamRefiner.refine_one_at_a_time`` (``SamProcessor`` + the full model, encoder included,
+    ``SamRefiner.refine(..., one_at_a_time=True)`` (``SamProcessor`` + the full model, encoder included,
     once per prompt) on the same images and the same teacher maps (a random teacher, threshold 0
     so that every component is prompted), alternating image by image.
 """
@@ -183,15 +183,15 @@ def sam_comparison(args, device: torch.device, samples) -> dict:
     # warm-up: kernels, the processor, allocator pools
     image, labels, confidence = scenes[0]
     refiner.refine(image, labels, confidence, **options)
-    refiner.refine_one_at_a_time(image, labels, confidence, **{**options, "max_prompts": 1})
+    refiner.refine(image, labels, confidence, **{**options, "max_prompts": 1}, one_at_a_time=True)
 
     seconds = {"ours": 0.0, "seed": 0.0}
     prompts, calls, agreement = [], {"ours": 0, "seed": 0}, []
     for index, (image, labels, confidence) in enumerate(scenes):
         refined = {}
         for arm in ("ours", "seed") if index % 2 == 0 else ("seed", "ours"):
-            method = refiner.refine if arm == "ours" else refiner.refine_one_at_a_time
-            (refined[arm], stats), took = common.timed(device, method, image, labels, confidence, **options)
+            (refined[arm], stats), took = common.timed(device, refiner.refine, image, labels, confidence, **options,
+                                                        one_at_a_time=arm != "ours")
             seconds[arm] += took
             calls[arm] += stats["decoder_calls"]
             print(f"  image {index + 1} {arm:>4}: {took:.3f} s, {stats['prompts']} prompts, "

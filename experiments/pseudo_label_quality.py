@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.data.io import read_mask
+from ssl_seg.data.io import image_size, read_mask
 from ssl_seg.data.layout import list_images
 from ssl_seg.data.synthetic import write_dataset
-from PIL import Image
 
 
 def quality(confusion: np.ndarray, truth_counts: np.ndarray) -> dict:
@@ -52,9 +51,7 @@ def main() -> None:
     data = Path(args.data)
     counts = {split: len(list_images(data / folder)) if (data / folder).is_dir() else 0
               for split, folder in (("labeled", "train/labeled"), ("unlabeled", "train/unlabeled"), ("test", "test"))}
-    first = list_images(data / "train" / "unlabeled")[0]
-    with Image.open(first) as picture:
-        size = (picture.height, picture.width)
+    size = image_size(list_images(data / "train" / "unlabeled")[0])
     write_dataset(data, counts["labeled"], counts["unlabeled"], counts["test"], size, args.seed, progress=False,
                   unlabeled_truth=True)
 

@@ -14,7 +14,8 @@ TRAIN_FLAGS = {  # flag -> config key; flags left out keep the YAML / default va
 }
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1024x1360"`` -> (1024, 1360): height x width, for ``--size`` flags."""
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled", type=int, default=8)
     p.add_argument("--unlabeled", type=int, default=64)
     p.add_argument("--test", type=int, default=8)
-    p.add_argument("--size", type=_size, default=(256, 320), help="HxW, e.g. 1024x1360")
+    p.add_argument("--size", type=parse_size, default=(256, 320), help="HxW, e.g. 1024x1360")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 

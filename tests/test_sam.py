@@ -98,7 +98,7 @@ def test_one_at_a_time_reference_runs_the_full_model_per_prompt(tiny_model):
     image, labels, confidence = blob_scene()
     encoder = CallCounter(tiny_model.vision_encoder)
     try:
-        _, stats = SamRefiner(tiny_model).refine_one_at_a_time(image, labels, confidence, min_area=16)
+        _, stats = SamRefiner(tiny_model).refine(image, labels, confidence, min_area=16, one_at_a_time=True)
     finally:
         encoder.remove()
     assert encoder.calls == stats["decoder_calls"] == len(BLOBS)
@@ -127,7 +127,7 @@ def test_batched_refine_equals_one_at_a_time_refine(tiny_model):
     image, labels, confidence = blob_scene()
     refiner = SamRefiner(tiny_model, prompt_chunk=4)
     fast, fast_stats = refiner.refine(image, labels, confidence, min_area=16)
-    slow, slow_stats = refiner.refine_one_at_a_time(image, labels, confidence, min_area=16)
+    slow, slow_stats = refiner.refine(image, labels, confidence, min_area=16, one_at_a_time=True)
     assert (fast == slow).mean() > 0.995
     assert fast_stats["accepted"] == slow_stats["accepted"]
 

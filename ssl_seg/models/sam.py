@@ -6,7 +6,7 @@ takes the class of the teacher pixels it covers when they agree, and wins the pi
 
 Fast path: the image is embedded once, then all prompts go through the prompt decoder in
 chunks (`prompt_chunk` prompts per call), with preprocessing and postprocessing in torch on the
-model's device. `refine_one_at_a_time` is the naive reference (processor + full model per
+model's device. `refine(..., one_at_a_time=True)` is the naive reference (processor + full model per
 prompt) kept for benchmarks and equivalence tests.
 
 Example (tiny random model, as in the tests):
@@ -383,6 +383,8 @@ class SamRefiner:
         min_agreement: float = 0.6,
         min_area: int = 64,
         max_prompts: int = 256,
+        *,
+        one_at_a_time: bool = False,
     ) -> tuple[np.ndarray, dict]:
         """Refine a teacher map with SAM masks (one image embedding, batched prompt decoding).
 
@@ -390,23 +392,9 @@ class SamRefiner:
         `changed_pixels`, `decoder_calls`). Pixels inside an accepted mask take its class (the
         best-scoring mask wins overlaps); pixels of a prompted component outside its accepted
         mask become IGNORE_INDEX; the rest keep the thresholded teacher label.
+        ``one_at_a_time=True`` computes the same naively (processor + full model per prompt): a
+        benchmark baseline only.
         """
-        return self._refine(image, labels, confidence, threshold, min_agreement, min_area, max_prompts, False)
-
-    def refine_one_at_a_time(
-        self,
-        image: np.ndarray,
-        labels: np.ndarray,
-        confidence: np.ndarray,
-        threshold: float = 0.8,
-        min_agreement: float = 0.6,
-        min_area: int = 64,
-        max_prompts: int = 256,
-    ) -> tuple[np.ndarray, dict]:
-        """`refine` computed naively (processor + full model per prompt): a benchmark baseline only."""
-        return self._refine(image, labels, confidence, threshold, min_agreement, min_area, max_prompts, True)
-
-    def _refine(self, image, labels, confidence, threshold, min_agreement, min_area, max_prompts, one_at_a_time):
         image = as_rgb(image)
         check_teacher_maps(labels, confidence, image)
         base = threshold_labels(labels, confidence, threshold)
