@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
+from ssl_seg.data.io import read_mask
 from ssl_seg.demo import DemoConfig, run_demo
 
 TINY = {"labeled": 3, "unlabeled": 6, "test": 2, "size": [96, 128], "total_steps": 8, "teacher_steps": 4,
@@ -31,6 +33,21 @@ def test_demo_runs_both_arms(tmp_path, capsys, pretrain_steps):
     saved = json.loads((out / "demo_results.json").read_text())
     assert set(saved["results"]) == set(results) and saved["config"]["pretrain_steps"] == pretrain_steps
     assert (out / "report" / "report.html").is_file()
+
+
+def test_demo_oracle_student_learns_the_true_masks(tmp_path):
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "pretrain_steps": 4, "oracle": True}))
+    results = run_demo(tmp_path / "out", seed=0, config=config, progress=False)
+
+    assert list(results)[-1] == "oracle student (true masks)"
+    out = tmp_path / "out"
+    manifest = json.loads((out / "oracle_labels" / "manifest.json").read_text())
+    assert len(manifest["images"]) == 6
+    first = next(iter(manifest["images"]))
+    truth = np.load(out / "data" / "train" / "unlabeled_truth" / f"{first}_gt.npy")
+    np.testing.assert_array_equal(read_mask(out / "oracle_labels" / "masks" / f"{first}.png", pseudo=True), truth)
+    assert (out / "runs" / "oracle_student_pretrain" / "best.pth").is_file()
 
 
 def test_demo_config_rejects_unknown_keys_and_bad_budgets(tmp_path):
