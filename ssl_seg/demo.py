@@ -38,7 +38,7 @@ class DemoConfig:
     # Superpixels made the procedural pseudo-labels worse (foreground Jaccard 0.46 -> 0.38): off.
     refine: str = "none"
     # Share of labeled crops in each pretraining batch. 0 (pseudo-labels only) scored 1.1 points
-    # lower over the benchmark's three seeds (-4.4 on seed 2).
+    # lower over the benchmark's three seeds (-5.2 on seed 2).
     labeled_ratio: float = 0.5
     model: str = "segformer-tiny"
     lr: float = 1e-3
