@@ -30,7 +30,6 @@ from ssl_seg.metrics import (
 )
 
 PRED_SUFFIX = "_pred.npy"
-# Label names tried for an id, in this order; suffixes compared case-insensitively.
 MAX_LISTED_IDS = 5
 
 

@@ -204,8 +204,6 @@ def read_binary_classes(csv_path: str | Path, known_ids: set[str]) -> dict[str, 
     return classes
 
 
-
-
 def _pair_labeled(
     images: list[Path], mask_folder: Path, binary_class: int | None, *, require_all: bool
 ) -> tuple[list[Sample], list[Path]]:
