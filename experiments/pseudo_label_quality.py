@@ -20,7 +20,7 @@ import numpy as np
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from ssl_seg.data.io import image_size, read_mask
 from ssl_seg.data.layout import list_images
-from ssl_seg.data.synthetic import write_dataset
+from ssl_seg.data.synthetic import dataset_magnification, write_dataset
 
 
 def quality(confusion: np.ndarray, truth_counts: np.ndarray) -> dict:
@@ -53,7 +53,7 @@ def main() -> None:
               for split, folder in (("labeled", "train/labeled"), ("unlabeled", "train/unlabeled"), ("test", "test"))}
     size = image_size(list_images(data / "train" / "unlabeled")[0])
     write_dataset(data, counts["labeled"], counts["unlabeled"], counts["test"], size, args.seed, progress=False,
-                  unlabeled_truth=True)
+                  unlabeled_truth=True, magnification=dataset_magnification(data) or 1.0)
 
     manifest = json.loads((Path(args.pseudo) / "manifest.json").read_text())
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=8)
     p.add_argument("--size", type=parse_size, default=(256, 320), help="HxW, e.g. 1024x1360")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--magnification", type=float, default=1.0,
+                   help="draw bodies and textures this many times larger in pixels (the demo: 2.5 at 192x256)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("finetune", help="supervised training on the labeled masks")
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         from ssl_seg.data.synthetic import write_dataset
 
         summary = write_dataset(args.out, args.labeled, args.unlabeled, args.test, args.size, args.seed,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, magnification=args.magnification)
         print(json.dumps(summary, indent=2))
     elif args.command in ("finetune", "pretrain"):
         from ssl_seg.train.trainer import train

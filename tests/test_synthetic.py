@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ssl_seg import NUM_CLASSES
-from ssl_seg.data.synthetic import MODES, render_scene, write_dataset
+from ssl_seg.data.synthetic import MODES, dataset_magnification, render_scene, write_dataset
 
 SMALL = (96, 120)
 
@@ -120,7 +120,7 @@ def test_write_dataset_is_deterministic_and_resumes(tmp_path):
     assert again["class_fractions"] == summary["class_fractions"] and again["modes"] == summary["modes"]
     assert {path: path.stat().st_mtime_ns for path in first.rglob("*") if path.is_file()} == mtimes
     # A lost file is written again, identical to before.
-    lost = next(iter(sorted(snapshot)))
+    lost = next(path for path in sorted(snapshot) if path.suffix == ".JPG")
     (first / lost).unlink()
     resumed = write_dataset(first, **arguments)
     assert resumed["written"] == 1 and (first / lost).read_bytes() == snapshot[lost]
@@ -163,3 +163,31 @@ def test_unlabeled_truth_is_the_scene_the_image_was_drawn_from(tmp_path):
         assert mask.shape == (64, 80) and mask.dtype == np.uint8 and mask.max() <= 3
     index = discover(tmp_path)  # training never sees the hidden truth
     assert len(index.labeled) == 1 and len(index.unlabeled) == 3
+
+
+def test_magnification_draws_fewer_larger_bodies():
+    from skimage.measure import label
+
+    def body_sizes(magnification):
+        areas = []
+        for seed in range(6):
+            _, mask = render_scene(np.random.default_rng(seed), 128, 160, "white", magnification)
+            components = label(mask > 0)
+            areas += np.bincount(components.ravel())[1:].tolist()
+        return len(areas), np.mean(areas)
+
+    count_1, mean_area_1 = body_sizes(1.0)
+    count_3, mean_area_3 = body_sizes(3.0)
+    assert count_3 < count_1 and mean_area_3 > 2 * mean_area_1
+
+
+def test_rerun_with_another_magnification_is_refused(tmp_path):
+    arguments = dict(labeled=1, unlabeled=0, test=0, size=SMALL, seed=0, progress=False)
+    assert dataset_magnification(tmp_path) is None
+    write_dataset(tmp_path, **arguments, magnification=2.0)
+    assert dataset_magnification(tmp_path) == 2.0
+    assert write_dataset(tmp_path, **arguments, magnification=2.0)["skipped"] == 1
+    with pytest.raises(ValueError, match=r"magnification 2.0, not 1.0.*new folder"):
+        write_dataset(tmp_path, **arguments)
+    with pytest.raises(ValueError, match="positive"):
+        render_scene(np.random.default_rng(0), *SMALL, magnification=0.0)

@@ -25,6 +25,7 @@ run with the same arguments skips the files already there and resumes where the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from skimage import draw
 from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES
-from ssl_seg.data.io import DataError, save_jpg, save_npy
+from ssl_seg.data.io import DataError, save_jpg, save_json, save_npy
 
 MODES = ("white", "fluorescence")
 # Share of white-light scenes when the mode is left to chance.
@@ -634,13 +635,14 @@ def _check_size(height: int, width: int) -> None:
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int,
-                 mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 mode: str | None = None, magnification: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Draw one procedural kerogen scene.
 
     Returns (image, mask): image uint8 HxWx3 RGB, mask uint8 HxW with 0 background,
     1 inertinite, 2 vitrinite, 3 liptinite. `mode` is "white" (reflected white light) or
-    "fluorescence"; None picks one at random (about 65% white). The image carries no JPEG
-    artefacts yet; `write_dataset` adds them by saving JPEG.
+    "fluorescence"; None picks one at random (about 65% white). `magnification` scales every
+    body and texture in pixels (2: the field of view of an image half as wide, at the same size).
+    The image carries no JPEG artefacts yet; `write_dataset` adds them by saving JPEG.
     """
     _check_size(height, width)
     height, width = int(height), int(width)
@@ -649,7 +651,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
     if mode not in MODES:
         raise ValueError(f"unknown imaging mode {mode!r}: use one of {', '.join(MODES)}")
     size_scale = np.sqrt(height * width / (REFERENCE_SIZE[0] * REFERENCE_SIZE[1]))
-    scene = _Scene(height, width, scale=float(size_scale * rng.lognormal(0.0, 0.25)),
+    if not magnification > 0:
+        raise ValueError(f"magnification must be positive, got {magnification!r}")
+    scene = _Scene(height, width, scale=float(size_scale * magnification * rng.lognormal(0.0, 0.25)),
                    bedding=float(rng.uniform(0, np.pi)), bedding_spread=float(rng.choice([0.08, 0.25, 0.8])))
     rows = np.arange(height, dtype=np.float32)[:, None]
     cols = np.arange(width, dtype=np.float32)[None, :]
@@ -697,17 +701,38 @@ def _existing_scene(image_path: Path, mask_path: Path | None, size: tuple[int, i
     return mask
 
 
+def dataset_magnification(out: str | Path) -> float | None:
+    """The magnification a procedural dataset folder was drawn at; None for a new, empty folder."""
+    out = Path(out)
+    record = out / "synth.json"
+    if record.is_file():
+        return float(json.loads(record.read_text())["magnification"])
+    # Folders written before the record existed hold scenes at magnification 1.
+    return 1.0 if any(out.glob("*/*.JPG")) or any(out.glob("train/*/*.JPG")) else None
+
+
+def _check_magnification(out: Path, magnification: float) -> None:
+    """Refuse to add scenes at another magnification than the folder's; record it if new."""
+    found = dataset_magnification(out)
+    if found is not None and found != magnification:
+        raise DataError(f"{out} holds scenes drawn at magnification {found}, not {magnification}: "
+                        "write into a new folder, or rerun with the magnification used before")
+    if not (out / "synth.json").is_file():
+        save_json(out / "synth.json", {"magnification": magnification})
+
+
 def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
                   size: tuple[int, int] = (256, 320), seed: int = 0, progress: bool = True,
-                  unlabeled_truth: bool = False) -> dict:
+                  unlabeled_truth: bool = False, magnification: float = 1.0) -> dict:
     """Write a procedural dataset in the Stranger Sections 2 layout and return a summary.
 
     Layout: ``out/train/labeled/<id>.JPG``, ``out/train/labels/<id>_gt.npy``,
     ``out/train/unlabeled/<id>.JPG``, ``out/test/<id>.JPG`` and ``out/test_answers/<id>_gt.npy``.
     Files already present are kept (each image depends only on seed, split and index), so an
-    interrupted run resumes. ``unlabeled_truth=True`` also writes the masks of the unlabeled
-    scenes to ``out/train/unlabeled_truth/`` (for diagnostics such as pseudo-label accuracy;
-    training never reads them). Example:
+    interrupted run resumes. ``out/synth.json`` records the ``magnification`` (see
+    ``render_scene``); adding scenes at another one is refused. ``unlabeled_truth=True`` also
+    writes the masks of the unlabeled scenes to ``out/train/unlabeled_truth/`` (for diagnostics
+    such as pseudo-label accuracy; training never reads them). Example:
 
         >>> summary = write_dataset("synth", labeled=4, unlabeled=8, test=2, size=(128, 160), progress=False)
         >>> summary["counts"]
@@ -722,7 +747,10 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
         raise ValueError(f"size must be (height, width), got {size!r}")
     height, width = (int(v) for v in size)
     _check_size(height, width)
+    if not magnification > 0:
+        raise ValueError(f"synthetic dataset: magnification must be positive, got {magnification!r}")
     out = Path(out)
+    _check_magnification(out, magnification)
     folders = {
         "labeled": (out / "train" / "labeled", out / "train" / "labels"),
         "unlabeled": (out / "train" / "unlabeled", out / "train" / "unlabeled_truth" if unlabeled_truth else None),
@@ -751,7 +779,8 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
                     mask = _existing_scene(image_path, mask_path, (height, width))
                     skipped += 1
                 else:
-                    image, mask = render_scene(np.random.default_rng([seed, code, index]), height, width, mode)
+                    image, mask = render_scene(np.random.default_rng([seed, code, index]), height, width, mode,
+                                               magnification)
                     if mask_path is not None:
                         save_npy(mask_path, mask)
                     save_jpg(image_path, image, quality=JPEG_QUALITY)
