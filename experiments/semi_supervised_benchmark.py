@@ -3,9 +3,10 @@
     python experiments/semi_supervised_benchmark.py --seeds 0 1 2 --out runs/ssl_benchmark
     python experiments/semi_supervised_benchmark.py --smoke      # under a minute, checks it still runs
 
-Each seed writes its own procedural dataset (8 labeled, 200 unlabeled, 48 test images) and runs
-both arms of ``ssl-seg demo`` at the same total step budget, by default the one of
-``experiments/ssl_benchmark.yaml`` (1920 steps per arm; about 15 minutes a seed on 2 CPU cores).
+Each seed writes its own procedural dataset (8 labeled, 200 unlabeled, 48 test images, at
+magnification 2.5) and runs both arms of ``ssl-seg demo`` at the same total step budget, by
+default the one of ``experiments/ssl_benchmark.yaml`` (1920 steps per arm; three seeds as three
+one-thread processes side by side take about 27 minutes on 2 CPU cores).
 The table gives the test foreground micro Jaccard (labels 1..3, as scikit-learn computes it) per
 seed and the mean gain. Finished stages are kept: rerunning with the same ``--out`` resumes, so
 seeds may also run as separate processes (``--seeds 1``, ``--seeds 2``) and be tabled together.

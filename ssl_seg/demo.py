@@ -176,7 +176,8 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, config: str | Path | N
     stage("done")
 
     print()
-    print(f"Test scores on {demo.test} procedural test images ({demo.size[0]}x{demo.size[1]}), "
+    print(f"Test scores on {demo.test} procedural test images ({demo.size[0]}x{demo.size[1]}, magnification "
+          f"{demo.magnification:g}), "
           f"{demo.labeled} labeled + {demo.unlabeled} unlabeled, {demo.total_steps} total steps, seed {seed}:")
     print(format_table(results))
     print()
