@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -186,6 +187,7 @@ def test_rerun_with_another_magnification_is_refused(tmp_path):
     assert dataset_magnification(tmp_path) is None
     write_dataset(tmp_path, **arguments, magnification=2.0)
     assert dataset_magnification(tmp_path) == 2.0
+    assert json.loads((tmp_path / "synth.json").read_text()) == {"magnification": 2.0}
     assert write_dataset(tmp_path, **arguments, magnification=2.0)["skipped"] == 1
     with pytest.raises(ValueError, match=r"magnification 2.0, not 1.0.*new folder"):
         write_dataset(tmp_path, **arguments)

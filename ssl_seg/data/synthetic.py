@@ -792,6 +792,7 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
     return {
         "out": str(out),
         "size": (height, width),
+        "magnification": magnification,
         "seed": seed,
         "counts": counts,
         "written": written,
