@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train a student on pseudo-labels with mean-teacher consistency")
     _add_train_arguments(p)
-    p.add_argument("--pseudo-labels", required=True, help="folder written by `ssl-seg pseudo-label`")
+    p.add_argument("--pseudo-labels", help="folder written by `ssl-seg pseudo-label`; without it the unlabeled "
+                   "images of --data are learned through the mean-teacher consistency alone")
     p.add_argument("--labeled-ratio", type=float, help="share of each batch drawn from the labeled masks")
 
     p = sub.add_parser("pseudo-label", help="label unlabeled images with a teacher (+ DINOv2 / SAM / superpixels)")

@@ -107,6 +107,22 @@ def test_pseudo_label_then_pretrain(dataset, tmp_path):
             "eval_teacher/micro_jaccard_macerals", "eval/micro_jaccard_macerals"} <= scalars
 
 
+def test_pretrain_without_pseudo_labels_learns_the_unlabeled_images_online(dataset, tmp_path):
+    cfg = load_config(None, {**TINY, "steps": 4, "labeled_ratio": 0.5, "consistency_threshold": 0.0})
+    train(cfg, dataset, tmp_path / "online", mode="pretrain", progress=False)
+    scalars, _ = tags(tmp_path / "online")
+    assert {"train/loss_consistency", "train/mask_ratio"} <= scalars
+    consistency = EventAccumulator(str(tmp_path / "online" / "tb")).Reload().Scalars("train/loss_consistency")
+    assert all(event.value > 0 for event in consistency)  # threshold 0: every pixel of the teacher counts
+
+
+def test_pretrain_without_pseudo_labels_needs_unlabeled_images(tmp_path):
+    write_dataset(tmp_path / "labeled_only", 2, 0, 0, (64, 64), 0, progress=False)
+    cfg = load_config(None, {**TINY, "steps": 2})
+    with pytest.raises(TrainError, match="--pseudo-labels"):
+        train(cfg, tmp_path / "labeled_only", tmp_path / "run", mode="pretrain", progress=False)
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     code = main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()

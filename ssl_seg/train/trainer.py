@@ -4,7 +4,8 @@
 ``pretrain``: a student learns the pseudo-labels of unlabeled images, plus online mean-teacher
 consistency (the EMA teacher labels a weak view, the student learns it on a strong, CutMixed
 view of the same geometry; pixels below a confidence threshold are left out), with labeled
-batches mixed in at ``labeled_ratio``.
+batches mixed in at ``labeled_ratio``. Without pseudo-labels it takes the unlabeled images of
+the data folder and learns them through the consistency alone (online only, UniMatch-style).
 
 Single process or ``torchrun`` (DDP: NCCL on GPU, gloo on CPU); only rank 0 writes.
 """
@@ -130,9 +131,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         labeled, val_samples = index.labeled, val_index.labeled
     if not labeled:
         raise TrainError(f"{data} has no labeled images to train on; see `ssl-seg synth --help` for the layout")
-    if mode == "pretrain" and not cfg.pseudo_labels:
-        raise TrainError("pretrain needs --pseudo-labels DIR (the output of `ssl-seg pseudo-label`)")
-    unlabeled = pseudo_samples(Path(cfg.pseudo_labels)) if mode == "pretrain" else []
+    unlabeled = []
+    if mode == "pretrain" and cfg.pseudo_labels:
+        unlabeled = pseudo_samples(Path(cfg.pseudo_labels))
+    elif mode == "pretrain":  # online only: all-ignore targets, the EMA teacher's consistency alone
+        unlabeled = [Sample(id=path.stem, image=path, mask=None) for path in index.unlabeled]
+        if not unlabeled:
+            raise TrainError(f"{data} has no unlabeled images; pass --pseudo-labels DIR (the output of "
+                             "`ssl-seg pseudo-label`) or add images to its unlabeled folder")
     n_labeled = cfg.batch_size if mode == "finetune" else max(0, round(cfg.batch_size * cfg.labeled_ratio))
     n_unlabeled = cfg.batch_size - n_labeled
 
