@@ -134,11 +134,11 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     unlabeled = []
     if mode == "pretrain" and cfg.pseudo_labels:
         unlabeled = pseudo_samples(Path(cfg.pseudo_labels))
-    elif mode == "pretrain":  # online only: all-ignore targets, the EMA teacher's consistency alone
-        unlabeled = [Sample(id=path.stem, image=path, mask=None) for path in index.unlabeled]
-        if not unlabeled:
-            raise TrainError(f"{data} has no unlabeled images; pass --pseudo-labels DIR (the output of "
-                             "`ssl-seg pseudo-label`) or add images to its unlabeled folder")
+    elif mode == "pretrain" and index.unlabeled:  # online only: all-ignore targets, consistency alone
+        unlabeled = [Sample(id=path.stem, image=path) for path in index.unlabeled]
+    elif mode == "pretrain":
+        raise TrainError(f"{data} has no unlabeled images; pass --pseudo-labels DIR (the output of "
+                         "`ssl-seg pseudo-label`) or add images to its unlabeled folder")
     n_labeled = cfg.batch_size if mode == "finetune" else max(0, round(cfg.batch_size * cfg.labeled_ratio))
     n_unlabeled = cfg.batch_size - n_labeled
 
