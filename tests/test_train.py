@@ -142,3 +142,24 @@ def test_init_checkpoint_decides_the_architecture(dataset, tmp_path):
     cfg = load_config(None, {**TINY, "steps": 2, "init": str(tmp_path / "dino" / "latest.pth")})  # model: segformer-tiny
     train(cfg, dataset, tmp_path / "again", progress=False)
     assert torch.load(tmp_path / "again" / "latest.pth", weights_only=True)["model_spec"]["family"] == "dinov2"
+
+
+def test_pretrained_backbone_keeps_its_lr_scale_through_init(dataset, tmp_path):
+    from transformers import Dinov2Model
+
+    from ssl_seg.models.dinov2 import tiny_dinov2_config
+
+    Dinov2Model(tiny_dinov2_config()).save_pretrained(tmp_path / "weights")
+    hub = {**TINY, "steps": 2, "model": "dinov2", "pretrained": str(tmp_path / "weights"),
+           "local_files_only": True, "backbone_lr_scale": 0.1}
+    train(load_config(None, hub), dataset, tmp_path / "teacher", progress=False)
+    # teacher -> student -> fine-tuned student: neither later run names --pretrained
+    train(load_config(None, {**TINY, "steps": 2, "init": str(tmp_path / "teacher" / "latest.pth")}),
+          dataset, tmp_path / "student", progress=False)
+    train(load_config(None, {**TINY, "steps": 2, "init": str(tmp_path / "student" / "latest.pth")}),
+          dataset, tmp_path / "finetuned", progress=False)
+    for run in ("teacher", "student", "finetuned"):
+        state = torch.load(tmp_path / run / "latest.pth", weights_only=True)
+        backbone, head = (group["initial_lr"] for group in state["optimizer"]["param_groups"])
+        assert state["pretrained_backbone"] is True
+        assert backbone == pytest.approx(0.1 * head), run

@@ -161,14 +161,18 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         init_state = load_checkpoint(cfg.init)
         model = model_from_spec(init_state["model_spec"])
         model.load_state_dict(init_state["model"])
+        # a backbone that started from hub weights keeps its slower learning rate down the teacher-student chain
+        pretrained_backbone = init_state.get("pretrained_backbone",
+                                             bool(init_state.get("config", {}).get("pretrained")))
     else:
         model = build_model(cfg.model, NUM_CLASSES, cfg.pretrained, cfg.local_files_only)
+        pretrained_backbone = cfg.pretrained is not None
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     params = (model.parameter_groups(cfg.lr, cfg.backbone_lr_scale) if hasattr(model, "parameter_groups")
-              and cfg.pretrained else model.parameters())
+              and pretrained_backbone else model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     criterion = SegmentationLoss(class_weights(counts, cfg.class_weights), cfg.dice_weight).to(device)
@@ -196,7 +200,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "mode": mode, "config": cfg.to_dict(),
                 "class_names": list(CLASS_NAMES), "model_spec": model_spec(model),
-                "best_score": best_score, "best_step": best_step}
+                "pretrained_backbone": pretrained_backbone, "best_score": best_score, "best_step": best_step}
 
     labeled_iter = loader(labeled, n_labeled, start_step, False) if n_labeled else None
     unlabeled_iter = loader(unlabeled, n_unlabeled, start_step, True) if n_unlabeled else None
