@@ -163,3 +163,21 @@ def test_pretrained_backbone_keeps_its_lr_scale_through_init(dataset, tmp_path):
         backbone, head = (group["initial_lr"] for group in state["optimizer"]["param_groups"])
         assert state["pretrained_backbone"] is True
         assert backbone == pytest.approx(0.1 * head), run
+
+
+def test_pseudo_label_folder_moves_with_its_images(dataset, tmp_path):
+    import shutil
+
+    train(load_config(None, {**TINY, "steps": 2}), dataset, tmp_path / "teacher", progress=False)
+    shutil.copytree(dataset, tmp_path / "here" / "data")
+    pseudo_label(tmp_path / "teacher", tmp_path / "here" / "data" / "train" / "unlabeled", tmp_path / "here" / "pl",
+                 refine="none", threshold=0.3, tile_size=64, workers=0, progress=False)
+    (tmp_path / "here").rename(tmp_path / "there")  # e.g. the project copied to a GPU machine
+    moved = load_config(None, {**TINY, "steps": 2, "pseudo_labels": str(tmp_path / "there" / "pl")})
+    train(moved, tmp_path / "there" / "data", tmp_path / "student", mode="pretrain", progress=False)
+    assert torch.load(tmp_path / "student" / "latest.pth", weights_only=True)["step"] == 2
+
+    shutil.move(tmp_path / "there" / "pl", tmp_path / "pl_alone")  # the images stay behind
+    alone = load_config(None, {**TINY, "steps": 2, "pseudo_labels": str(tmp_path / "pl_alone")})
+    with pytest.raises(TrainError, match="image\\(s\\) not found"):
+        train(alone, tmp_path / "there" / "data", tmp_path / "student2", mode="pretrain", progress=False)

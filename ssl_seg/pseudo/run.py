@@ -9,6 +9,7 @@ so an image counts as done only once all three exist; ``manifest.json`` merges t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -169,7 +170,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
         counts = np.bincount(pseudo.ravel(), minlength=256)
         class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
         entry = {
-            "image": str(path.resolve()), "mask": f"masks/{path.stem}.png", "confidence": f"confidence/{path.stem}.png",
+            "image": os.path.relpath(path.resolve(), out.resolve()), "mask": f"masks/{path.stem}.png", "confidence": f"confidence/{path.stem}.png",
             "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
             "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
             "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,

@@ -81,9 +81,16 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
     if not manifest.is_file():
         raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first")
     entries = json.loads(manifest.read_text())["images"]
-    samples = [Sample(id=k, image=Path(v["image"]), mask=pseudo_dir / v["mask"]) for k, v in sorted(entries.items())]
+    # image paths are relative to the manifest's folder (absolute in folders written by ssl_seg 0.1.0; both work)
+    samples = [Sample(id=k, image=pseudo_dir / v["image"], mask=pseudo_dir / v["mask"])
+               for k, v in sorted(entries.items())]
     if not samples:
         raise TrainError(f"{manifest} lists no pseudo-labeled images; rerun pseudo-label")
+    missing = [s.image for s in samples if not s.image.is_file()]
+    if missing:
+        raise TrainError(f"{manifest}: {len(missing)} image(s) not found, first {missing[0]}; paths are relative to "
+                         f"the manifest's folder, so move the images and the pseudo-label folder together, "
+                         f"or rerun pseudo-label")
     return samples
 
 
