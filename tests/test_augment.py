@@ -87,3 +87,15 @@ def test_train_augment_views_share_geometry():
     weak, strong = aug.weak(geo_images), aug.strong(geo_images)
     # Same geometry: the class layout (strongest channel) survives both colour jitters mostly unchanged.
     assert (weak.argmax(1) == strong.argmax(1)).float().mean() > 0.6
+
+
+def test_ones_map_marks_the_pixels_inside_the_crop():
+    """The trainer passes a map of ones to learn where the affine brought in padding."""
+    images, masks = blocky_batch(batch=4)
+    torch.manual_seed(0)
+    aug = GeometricAugment()
+    aug.pipeline[3].p = 1.0
+    aug.pipeline[3]._param_generator.degrees = torch.tensor([40.0, 40.0])
+    _, out_masks, inside = aug(images, masks, torch.ones_like(images[:, 0]))
+    assert set(inside.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(inside == 0, out_masks == IGNORE_INDEX)

@@ -181,3 +181,24 @@ def test_pseudo_label_folder_moves_with_its_images(dataset, tmp_path):
     alone = load_config(None, {**TINY, "steps": 2, "pseudo_labels": str(tmp_path / "pl_alone")})
     with pytest.raises(TrainError, match="image\\(s\\) not found"):
         train(alone, tmp_path / "there" / "data", tmp_path / "student2", mode="pretrain", progress=False)
+
+
+def test_mean_teacher_predicts_in_eval_mode(dataset, tmp_path):
+    from ssl_seg.models.segformer import SegformerSegmenter
+
+    calls = []  # (grad enabled, training) of every whole-model forward
+
+    def record(module, args):
+        if isinstance(module, SegformerSegmenter):
+            calls.append((torch.is_grad_enabled(), module.training))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        cfg = load_config(None, {**TINY, "steps": 4, "labeled_ratio": 0.5, "val_every": 2})
+        train(cfg, dataset, tmp_path / "online", mode="pretrain", progress=False)
+    finally:
+        handle.remove()
+    student = [training for grad, training in calls if grad]
+    no_grad = [training for grad, training in calls if not grad]  # the EMA teacher and validation
+    assert len(student) == 4 and all(student)
+    assert len(no_grad) > 4 and not any(no_grad)

@@ -361,11 +361,25 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     temp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         yield temp
+        # flushed to disk before the rename, and the rename itself after: a crash leaves old or new, never empty
+        with open(temp, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(temp, path)
+        fsync_folder(path.parent)
     finally:
         # Only left behind on error (or when the body wrote nothing).
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:

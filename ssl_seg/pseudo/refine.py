@@ -186,4 +186,7 @@ def class_balanced_confidence(labels: np.ndarray, confidence: np.ndarray, thresh
         class_threshold = min(threshold, float(np.quantile(confidence[pixels], 1.0 - keep, method="higher")))
         if 0 < class_threshold < threshold:
             adjusted[pixels] = np.minimum(confidence[pixels] * (threshold / class_threshold), 1.0)
+            # float32 rounding may put the quantile pixel itself a hair below ``threshold``
+            kept = pixels & (confidence >= class_threshold)
+            adjusted[kept] = np.maximum(adjusted[kept], np.float32(threshold))
     return adjusted

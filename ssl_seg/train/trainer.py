@@ -54,11 +54,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def setup_distributed() -> tuple[int, int, int]:
+def setup_distributed(device_name: str = "auto") -> tuple[int, int, int]:
     """(rank, world_size, local_rank); starts the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_gpu = torch.cuda.is_available() and (device_name == "auto" or device_name.startswith("cuda"))
+        backend = "nccl" if on_gpu else "gloo"  # NCCL cannot reduce CPU tensors (--device cpu on a GPU machine)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
@@ -96,6 +97,7 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
 
 def evaluate_model(model, samples, cfg: TrainConfig, device, images_cache: dict) -> tuple[dict, list]:
     """Confusion-matrix metrics on full validation images, and a few (image, truth, pred) examples."""
+    was_training = model.training
     model.eval()
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64, device=device)
     examples = []
@@ -109,7 +111,7 @@ def evaluate_model(model, samples, cfg: TrainConfig, device, images_cache: dict)
         cm += confusion_matrix(torch.from_numpy(truth).to(device).long(), pred)
         if len(examples) < 3:
             examples.append((image, truth, pred.to(torch.uint8).cpu().numpy()))
-    model.train()
+    model.train(was_training)
     return summarize(cm.cpu().numpy()), examples
 
 
@@ -120,7 +122,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     ``stop_after`` ends this invocation after that many steps, saving ``latest.pth`` so that
     ``resume=True`` continues exactly (time-limited cluster jobs).
     """
-    rank, world, local_rank = setup_distributed()
+    rank, world, local_rank = setup_distributed(cfg.device)
     device = resolve_device(cfg.device, local_rank)
     out = Path(out)
     latest, best = out / "latest.pth", out / "best.pth"
@@ -178,6 +180,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    ema.module.eval()  # the mean teacher predicts without dropout and with running BatchNorm statistics
     params = (model.parameter_groups(cfg.lr, cfg.backbone_lr_scale) if hasattr(model, "parameter_groups")
               and pretrained_backbone else model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
@@ -241,7 +244,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
             parts_targets.append(mask_x)
         if batch_u is not None:
             img_u = batch_u["image"].to(device, non_blocking=True).float().div_(255)
-            img_u, pseudo_u = augment.geometric(img_u, batch_u["mask"].to(device, non_blocking=True))
+            # ``inside_u`` is 0 where the affine brought in padding: no teacher prediction is learned there
+            img_u, pseudo_u, inside_u = augment.geometric(img_u, batch_u["mask"].to(device, non_blocking=True),
+                                                          torch.ones_like(img_u[:, 0]))
             weak_u = augment.weak(img_u).clamp_(0, 1)
             strong_u = augment.strong(img_u).clamp_(0, 1)
             sync()
@@ -253,9 +258,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
             sync()
             timers["teacher"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            strong_u, pseudo_u, teacher_label, teacher_conf = cutmix(
-                strong_u, pseudo_u, teacher_label, teacher_conf, prob=cfg.cutmix_prob)
-            keep = (teacher_conf >= cfg.consistency_threshold).float()
+            strong_u, pseudo_u, teacher_label, teacher_conf, inside_u = cutmix(
+                strong_u, pseudo_u, teacher_label, teacher_conf, inside_u, prob=cfg.cutmix_prob)
+            keep = (teacher_conf >= cfg.consistency_threshold).float() * inside_u
             parts_images.append(strong_u)
             parts_targets.append(pseudo_u)
         images = torch.cat(parts_images)
