@@ -18,7 +18,7 @@ def class_weights(pixel_counts: np.ndarray, mode: str = "inverse_sqrt") -> torch
     gentler 1/sqrt(frequency), ``none`` all ones. Classes never seen get the largest weight.
 
     Example:
-        >>> class_weights(np.array([900, 50, 40, 10]), "inverse").round(decimals=2).tolist()
+        >>> [round(w, 2) for w in class_weights(np.array([900, 50, 40, 10]), "inverse").tolist()]
         [0.28, 5.0, 6.25, 25.0]
     """
     counts = np.asarray(pixel_counts, dtype=np.float64)

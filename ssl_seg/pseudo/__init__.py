@@ -1,0 +1,1 @@
+"""Pseudo-labelling: the model teacher, DINOv2 feature agreement, SAM and superpixel refinement."""

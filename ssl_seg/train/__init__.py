@@ -1,0 +1,1 @@
+"""Training: the fine-tune / pretrain loop, its losses and checkpoints."""
