@@ -734,7 +734,9 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
     writes the masks of the unlabeled scenes to ``out/train/unlabeled_truth/`` (for diagnostics
     such as pseudo-label accuracy; training never reads them). Example:
 
-        >>> summary = write_dataset("synth", labeled=4, unlabeled=8, test=2, size=(128, 160), progress=False)
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "synth"
+        >>> summary = write_dataset(out, labeled=4, unlabeled=8, test=2, size=(128, 160), progress=False)
         >>> summary["counts"]
         {'labeled': 4, 'unlabeled': 8, 'test': 2}
     """
