@@ -12,7 +12,6 @@ Every number printed comes from ``evaluate`` on held-out test masks of the proce
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,12 +102,13 @@ def _truth_as_pseudo_labels(data: Path, out: Path) -> Path:
     import numpy as np
 
     from ssl_seg.data.layout import list_images
+    from ssl_seg.pseudo.run import manifest_image_path
 
     entries = {}
     for image in list_images(data / "train" / "unlabeled"):
         truth = np.load(data / "train" / "unlabeled_truth" / f"{image.stem}_gt.npy")
         save_png(out / "masks" / f"{image.stem}.png", truth.astype(np.uint8))
-        entries[image.stem] = {"image": os.path.relpath(image.resolve(), out.resolve()), "mask": f"masks/{image.stem}.png"}
+        entries[image.stem] = {"image": manifest_image_path(image, out), "mask": f"masks/{image.stem}.png"}
     save_json(out / "manifest.json", {"teacher": "generator truth", "images": entries})
     return out
 

@@ -89,6 +89,11 @@ def class_histogram_figure(class_pixels: np.ndarray):
     return fig
 
 
+def manifest_image_path(image: Path, out: Path) -> str:
+    """An image's path as ``manifest.json`` in ``out`` records it: relative, so both can move together."""
+    return os.path.relpath(image.resolve(), out.resolve())
+
+
 def write_outputs(out: Path, stem: str, pseudo: np.ndarray, confidence: np.ndarray, entry: dict) -> None:
     save_png(out / "masks" / f"{stem}.png", pseudo)
     save_png(out / "confidence" / f"{stem}.png", np.round(confidence * 255).astype(np.uint8))
@@ -170,7 +175,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
         counts = np.bincount(pseudo.ravel(), minlength=256)
         class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
         entry = {
-            "image": os.path.relpath(path.resolve(), out.resolve()), "mask": f"masks/{path.stem}.png", "confidence": f"confidence/{path.stem}.png",
+            "image": manifest_image_path(path, out), "mask": f"masks/{path.stem}.png", "confidence": f"confidence/{path.stem}.png",
             "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
             "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
             "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,

@@ -47,12 +47,12 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = logits.float()
-        if not (target != self.ignore_index).any():
+        # kornia counts an all-ignored sample as Dice 1 with no gradient: Dice leaves such samples out
+        labeled = (target != self.ignore_index).flatten(1).any(dim=1)
+        if not labeled.any():
             zero = logits.sum() * 0.0  # keeps the graph connected when a batch has no labels
             return zero, {"ce": zero.detach(), "dice": zero.detach()}
         ce = F.cross_entropy(logits, target, weight=self.weights, ignore_index=self.ignore_index)
-        # kornia counts an all-ignored sample as Dice 1 with no gradient: leave such samples out
-        labeled = (target != self.ignore_index).flatten(1).any(dim=1)
         dice = (dice_loss(logits[labeled], target[labeled], average="macro", ignore_index=self.ignore_index)
                 if self.dice_weight else ce * 0)
         return ce + self.dice_weight * dice, {"ce": ce.detach(), "dice": dice.detach()}
