@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import shutil
@@ -168,10 +169,16 @@ class StageTimer:
 
         return timed
 
-    def wrap_iterator(self, name: str, iterable) -> Iterator:
-        """Time spent waiting for each item of ``iterable`` (e.g. a background decoder)."""
+    def wrap_iterator(self, name: str, iterable, reset_at: int | None = None) -> Iterator:
+        """Time spent waiting for each item of ``iterable`` (e.g. a background decoder).
+
+        ``reset_at``: clear all stages just before item ``reset_at`` (0-based) is requested, so that
+        a timed window opens where the consumer's loop starts on that item.
+        """
         iterator = iter(iterable)
-        while True:
+        for index in itertools.count():
+            if index == reset_at:
+                self.reset()
             with self.stage(name):
                 try:
                     item = next(iterator)

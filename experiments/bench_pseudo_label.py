@@ -204,15 +204,15 @@ def main(argv: list[str] | None = None) -> dict:
         images_per_s, timed_seconds = clock.rate(args.warmup)
         peak_memory = common.peak_memory_gib(device)
 
-        # 2. instrumented run: synchronised timers around each step, reset once the warm-up images are done
+        # 2. instrumented run: synchronised timers around each step. The stages' window opens when the
+        # command's loop asks for the first timed image; not when a warm-up image's files are written,
+        # since writes run on a thread and may finish after the loop has labelled every image.
         timer = StageTimer(device)
         decoded_images = pseudo_run.decoded_images
         stage_seconds: dict[str, float] = {}
 
         def on_done(done: int) -> None:
-            if done == args.warmup + 1:  # the timed window starts when the last warm-up image is done
-                timer.reset()
-            if done == args.images:  # ... and ends with the last image (the manifest merge is not per image)
+            if done == args.images:  # the window ends with the last image (the manifest merge is not per image)
                 stage_seconds.update(timer.seconds)
 
         instrumented_clock = DoneClock(on_done=on_done)
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
             (pseudo_run, "save_json", timer.wrap("write (PNG + JSON)", instrumented_clock)),
             (pseudo_run, "save_png", timer.wrap("write (PNG + JSON)", pseudo_run.save_png)),
             (pseudo_run, "decoded_images",
-             lambda todo, workers: timer.wrap_iterator("decode wait", decoded_images(todo, workers))),
+             lambda todo, workers: timer.wrap_iterator("decode wait", decoded_images(todo, workers),
+                                                       reset_at=args.warmup + 1)),
             (pseudo_run, "predict_proba", timer.wrap("teacher", predict_proba)),
             (pseudo_run, "superpixel_refine", timer.wrap("refine", pseudo_run.superpixel_refine)),
             (SamRefiner, "refine", timer.wrap("refine", SamRefiner.refine)),

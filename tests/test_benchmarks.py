@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -30,6 +31,18 @@ def run_smoke(script: str, tmp_path: Path, *extra: str) -> dict:
 
 def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_stage_timer_window_opens_before_item_reset_at(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    from bench_common import StageTimer
+
+    timer = StageTimer(torch.device("cpu"))
+    work = timer.wrap("work", lambda item: item)
+    for item in timer.wrap_iterator("wait", range(5), reset_at=3):
+        work(item)
+    # items 3 and 4 are inside the window; the last "wait" is the request that ends the iterator
+    assert timer.calls == {"wait": 3, "work": 2}
 
 
 def test_pseudo_label_smoke(tmp_path):
