@@ -46,6 +46,7 @@ class TrainConfig:
     # pseudo-labelling (``pseudo-label`` command)
     refine: str = "superpixel"             # none | superpixel | sam
     sam: str | None = None                 # SAM hub id or local folder, with refine: sam
+    superpixel_method: str = "slic"        # slic | felzenszwalb, with refine: superpixel
     dinov2_features: str | None = None     # DINOv2 hub id or folder: feature teacher on the labeled masks
     pseudo_threshold: float = 0.8          # confidence below which pseudo-label pixels are ignored
     pseudo_class_balance: float = 0.0      # each class keeps at least this share of its pixels (0: off)
@@ -73,17 +74,30 @@ class TrainConfig:
 
 
 def _parse_value(text: str, current):
-    """Parse an override string into the type of the field it replaces."""
+    """Parse an override string into the type of the field it replaces; TypeError if it cannot."""
     value = yaml.safe_load(text) if isinstance(text, str) else text
-    if isinstance(current, bool) or current is None or isinstance(current, (dict, list)):
+    if isinstance(current, (dict, list)):
         return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise TypeError("not true or false")
+        return value
+    if isinstance(value, bool):  # yaml reads yes/no/on/off as booleans; no number or name is one
+        raise TypeError("a boolean")
     if isinstance(current, float):
         return float(value)  # YAML 1.1 reads "1e-3" as text
-    if isinstance(current, int) and isinstance(value, int):
+    if isinstance(current, int):
+        if not isinstance(value, int):
+            raise TypeError("not an integer")
         return value
-    if isinstance(current, str):
-        return str(value) if value is not None else None
-    return value
+    # str fields, and the optional str fields that default to None (paths, hub ids)
+    return None if value is None else str(value)
+
+
+def _type_name(current) -> str:
+    if isinstance(current, bool):
+        return "true or false"
+    return {int: "an integer", float: "a number", dict: "a mapping", list: "a list"}.get(type(current), "a string")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
@@ -100,9 +114,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfi
             raise ValueError(f"unknown config key '{key}'; known keys: {', '.join(sorted(known))}")
         current = getattr(cfg, key)
         try:
-            changes[key] = _parse_value(value, current) if isinstance(value, (str, int)) else value
+            changes[key] = _parse_value(value, current)
         except (TypeError, ValueError):
-            raise ValueError(f"config key '{key}' expects a {type(current).__name__}, got {value!r}") from None
+            raise ValueError(f"config key '{key}' expects {_type_name(current)}, got {value!r}") from None
     return dataclasses.replace(cfg, **changes)
 
 
@@ -113,7 +127,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {path} not found; pass a YAML from experiments/ or leave --config out")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ValueError(f"config file {path} is not valid YAML{line}; fix it or leave --config out") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a flat mapping of key: value")
         cfg = apply_overrides(cfg, data)

@@ -56,7 +56,16 @@ class DemoConfig:
     def from_yaml(cls, path: str | Path | None) -> "DemoConfig":
         if path is None:
             return cls()
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"demo config {path} not found; pass experiments/demo.yaml or "
+                             "experiments/ssl_benchmark.yaml, or leave --config out")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            raise ValueError(f"demo config {path} is not valid YAML; fix it or leave --config out") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"demo config {path} must hold a flat mapping of key: value")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -92,6 +92,20 @@ def test_binary_mask_uses_sample_class_and_padding_is_ignored(samples: list[Samp
             assert torch.all(item["image"][:, item["mask"] == IGNORE_INDEX] == 0)
 
 
+def test_valid_map_is_zero_exactly_on_the_padding(tmp_path: Path) -> None:
+    # unlabeled images have an all-ignore mask, so only ``valid`` tells padding from image
+    image = tmp_path / "small.png"
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(image)
+    dataset = CropDataset([Sample("small", image)], crop_size=32)
+    for k in range(4):
+        item = dataset[k]
+        assert item["valid"].dtype == torch.uint8 and item["valid"].shape == (32, 32)
+        assert int(item["valid"].sum()) == 20 * 30
+        assert torch.equal(item["valid"] == 1, item["image"][0] == 200)
+    big = CropDataset([Sample("small", image)], crop_size=16)[0]
+    assert torch.all(big["valid"] == 1)
+
+
 def test_unlabeled_and_pseudo_samples(tmp_path: Path) -> None:
     image = tmp_path / "u.png"
     Image.fromarray(np.full((20, 20, 3), 9, np.uint8)).save(image)

@@ -63,6 +63,27 @@ def test_resume_equals_uninterrupted(dataset, tmp_path):
         torch.testing.assert_close(split["model"][key], value, rtol=0, atol=0, msg=key)
     for key, value in full["ema"].items():
         torch.testing.assert_close(split["ema"][key], value, rtol=0, atol=0, msg=key)
+    # TensorBoard shows the same curves, including the evaluation at the step resumed from
+    for tag in ("eval/micro_jaccard_macerals", "train/loss"):
+        steps = [[e.step for e in EventAccumulator(str(tmp_path / run / "tb")).Reload().Scalars(tag)]
+                 for run in ("full", "split")]
+        assert steps[0] == steps[1], tag
+
+
+def test_resume_reads_the_run_from_latest_and_refuses_other_settings(dataset, tmp_path):
+    import shutil
+
+    train(load_config(None, {**TINY, "steps": 2, "model": "dinov2-tiny"}), dataset, tmp_path / "teacher",
+          progress=False)
+    cfg = load_config(None, {**TINY, "init": str(tmp_path / "teacher" / "best.pth")})
+    train(cfg, dataset, tmp_path / "run", progress=False, stop_after=2)
+    shutil.rmtree(tmp_path / "teacher")  # e.g. the run copied to another machine without its --init
+    with pytest.raises(TrainError, match=r"trained with steps 6 \(now 8\), lr 0.002 \(now 0.001\)"):
+        train(load_config(None, {**TINY, "steps": 8, "lr": 1e-3}), dataset, tmp_path / "run", progress=False,
+              resume=True)
+    train(load_config(None, TINY), dataset, tmp_path / "run", progress=False, resume=True)  # no --init, no --model
+    state = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    assert state["step"] == 6 and state["model_spec"]["family"] == "dinov2"
 
 
 def test_refuses_to_overwrite_a_run(dataset, tmp_path):
@@ -85,16 +106,17 @@ def test_tensorboard_tags(dataset, tmp_path):
 
 def test_pseudo_label_then_pretrain(dataset, tmp_path):
     train(load_config(None, TINY), dataset, tmp_path / "teacher", progress=False)
-    stats = pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / "pl", threshold=0.3,
+    # a 6-step teacher is nearly uniform (every class near 0.25): threshold 0 keeps its pixels
+    stats = pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / "pl", threshold=0.0,
                          tile_size=64, workers=0, progress=False)
-    assert stats["done"] == 4 and stats["skipped"] == 0
+    assert stats["done"] == 4 and stats["skipped"] == 0 and stats["confident_fraction"] == 1.0
     manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
     assert len(manifest["images"]) == 4
     entry = next(iter(manifest["images"].values()))
     assert set(entry["class_fractions"]) == {"background", "inertinite", "vitrinite", "liptinite"}
     assert entry["refiner"] == "superpixel"
 
-    again = pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / "pl", threshold=0.3,
+    again = pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / "pl", threshold=0.0,
                          tile_size=64, workers=0, progress=False)
     assert again["done"] == 0 and again["skipped"] == 4
 
@@ -127,6 +149,19 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     code = main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "missing" in err
+
+
+def test_cli_error_from_a_dataloader_worker_is_one_line(dataset, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(dataset, tmp_path / "data")
+    broken = sorted((tmp_path / "data" / "train" / "unlabeled").iterdir())[0]
+    broken.write_bytes(b"not a jpeg")
+    code = main(["pretrain", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "4",
+                 "--batch-size", "8", "--tile-size", "64", "--num-workers", "1", "--no-progress",
+                 "--set", "val_fraction=0", "labeled_ratio=0.5"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and broken.name in err and "Traceback" not in err, err
 
 
 def test_cli_module_entry_point(tmp_path):
@@ -181,6 +216,21 @@ def test_pseudo_label_folder_moves_with_its_images(dataset, tmp_path):
     alone = load_config(None, {**TINY, "steps": 2, "pseudo_labels": str(tmp_path / "pl_alone")})
     with pytest.raises(TrainError, match="image\\(s\\) not found"):
         train(alone, tmp_path / "there" / "data", tmp_path / "student2", mode="pretrain", progress=False)
+
+
+def test_broken_pseudo_label_folders_are_one_line_errors(dataset, tmp_path):
+    image = sorted((dataset / "train" / "unlabeled").iterdir())[0]
+    entry = {image.stem: {"image": str(image), "mask": f"masks/{image.stem}.png"}}
+    cfg = load_config(None, {**TINY, "steps": 2, "pseudo_labels": str(tmp_path / "pl")})
+    (tmp_path / "pl").mkdir()
+    for text, match in [('{"images": {"a": {"ima', "not a readable pseudo-label manifest"),  # truncated
+                        ("{}", "not a readable pseudo-label manifest"),
+                        ("[1, 2]", "not a readable pseudo-label manifest"),
+                        (json.dumps({"images": entry}), "1 pseudo mask\\(s\\) not found")]:
+        (tmp_path / "pl" / "manifest.json").write_text(text)
+        with pytest.raises(TrainError, match=match) as error:
+            train(cfg, dataset, tmp_path / "student", mode="pretrain", progress=False)
+        assert "\n" not in str(error.value) and "manifest.json" in str(error.value)
 
 
 def test_mean_teacher_predicts_in_eval_mode(dataset, tmp_path):

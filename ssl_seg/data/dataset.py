@@ -28,6 +28,9 @@ _PERMUTATION_STREAM = 0x5EED
 class CropDataset(Dataset):
     """Random ``crop_size`` crops of ``samples``; samples without a mask give an all-ignore mask.
 
+    Each item holds ``image`` (3,S,S uint8), ``mask`` (S,S long) and ``valid`` (S,S uint8: 0 on the
+    padding of images smaller than the crop, where no prediction should be learned).
+
     ``pseudo=True`` reads masks as pseudo-label maps (class codes + 255, no binary heuristic).
     ``cache=True`` keeps decoded images and masks in a per-process dict (each DataLoader
     worker fills its own), which trades memory for decode time.
@@ -92,9 +95,15 @@ class CropDataset(Dataset):
         image, mask = self._load(self.sample_index(k))
         image_crop, mask_crop = random_crop(image, mask, self.crop_size, np.random.default_rng([self.seed, k]))
         assert mask_crop is not None
+        if min(image.shape[:2]) < self.crop_size:  # the same draw on a map of ones: 0 on the padding
+            valid, _ = random_crop(np.ones(image.shape[:2], np.uint8), None, self.crop_size,
+                                   np.random.default_rng([self.seed, k]))
+        else:
+            valid = np.ones((self.crop_size, self.crop_size), np.uint8)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image_crop.transpose(2, 0, 1))),
             "mask": torch.from_numpy(mask_crop.astype(np.int64)),
+            "valid": torch.from_numpy(np.ascontiguousarray(valid)),
             "index": k,
         }
 

@@ -76,15 +76,54 @@ def split_validation(samples: list[Sample], fraction: float, seed: int) -> tuple
     return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]
 
 
+# Settings that shape a run: resuming with other values would not continue the same run.
+RUN_KEYS = ("steps", "batch_size", "tile_size", "lr", "weight_decay", "warmup_steps", "backbone_lr_scale",
+            "class_weights", "dice_weight", "labeled_ratio", "consistency_weight", "consistency_threshold",
+            "cutmix_prob", "ema_decay", "val_fraction", "seed", "binary_class")
+
+
+def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path) -> None:
+    """Refuse to resume ``latest`` under another command or with settings that change the run."""
+    if state.get("mode") != mode:
+        raise TrainError(f"{latest} is a {state.get('mode')} run; resume it with that command")
+    saved = state.get("config", {})
+    changed = [f"{key} {saved[key]} (now {getattr(cfg, key)})" for key in RUN_KEYS
+               if key in saved and saved[key] != getattr(cfg, key)]
+    if changed:
+        raise TrainError(f"{latest} was trained with {', '.join(changed)}; resume with the same settings "
+                         "(the run's config is in its TensorBoard text tab), or start another --out")
+
+
+def batch_split(batch_size: int, labeled_ratio: float) -> tuple[int, int]:
+    """(labeled, unlabeled) crops per step; a ratio strictly between 0 and 1 keeps at least one of each.
+
+    >>> batch_split(8, 0.25), batch_split(2, 0.25), batch_split(4, 0.9), batch_split(4, 0.0)
+    ((2, 6), (1, 1), (3, 1), (0, 4))
+    """
+    if not 0.0 <= labeled_ratio <= 1.0:
+        raise TrainError(f"labeled_ratio must lie in [0, 1], got {labeled_ratio}")
+    if labeled_ratio in (0.0, 1.0):
+        return (batch_size, 0) if labeled_ratio else (0, batch_size)
+    if batch_size < 2:
+        raise TrainError(f"batch_size {batch_size} cannot mix labeled and unlabeled crops; "
+                         "use a batch size of at least 2, or labeled_ratio 0 or 1")
+    n_labeled = min(batch_size - 1, max(1, round(batch_size * labeled_ratio)))
+    return n_labeled, batch_size - n_labeled
+
+
 def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
     """Unlabeled images paired with their pseudo masks, from the folder ``pseudo-label`` wrote."""
     manifest = pseudo_dir / "manifest.json"
     if not manifest.is_file():
         raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first")
-    entries = json.loads(manifest.read_text())["images"]
     # image paths are relative to the manifest's folder (absolute in folders written by ssl_seg 0.1.0; both work)
-    samples = [Sample(id=k, image=pseudo_dir / v["image"], mask=pseudo_dir / v["mask"])
-               for k, v in sorted(entries.items())]
+    try:
+        entries = json.loads(manifest.read_text())["images"]
+        samples = [Sample(id=k, image=pseudo_dir / v["image"], mask=pseudo_dir / v["mask"])
+                   for k, v in sorted(entries.items())]
+    except (ValueError, KeyError, TypeError, AttributeError):  # truncated JSON, or not a pseudo-label manifest
+        raise TrainError(f"{manifest} is not a readable pseudo-label manifest; rerun `ssl-seg pseudo-label ... "
+                         f"--out {pseudo_dir}` (finished images are kept)") from None
     if not samples:
         raise TrainError(f"{manifest} lists no pseudo-labeled images; rerun pseudo-label")
     missing = [s.image for s in samples if not s.image.is_file()]
@@ -92,6 +131,10 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
         raise TrainError(f"{manifest}: {len(missing)} image(s) not found, first {missing[0]}; paths are relative to "
                          f"the manifest's folder, so move the images and the pseudo-label folder together, "
                          f"or rerun pseudo-label")
+    missing = [s.mask for s in samples if not s.mask.is_file()]
+    if missing:
+        raise TrainError(f"{manifest}: {len(missing)} pseudo mask(s) not found, first {missing[0]}; rerun "
+                         f"`ssl-seg pseudo-label ... --out {pseudo_dir}` to write them again")
     return samples
 
 
@@ -148,8 +191,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     elif mode == "pretrain":
         raise TrainError(f"{data} has no unlabeled images; pass --pseudo-labels DIR (the output of "
                          "`ssl-seg pseudo-label`) or add images to its unlabeled folder")
-    n_labeled = cfg.batch_size if mode == "finetune" else max(0, round(cfg.batch_size * cfg.labeled_ratio))
-    n_unlabeled = cfg.batch_size - n_labeled
+    n_labeled, n_unlabeled = (cfg.batch_size, 0) if mode == "finetune" else batch_split(cfg.batch_size, cfg.labeled_ratio)
 
     counts = np.zeros(NUM_CLASSES, np.int64)
     for sample in labeled:
@@ -165,8 +207,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                                pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True))
 
     # --- model, EMA, optimiser, schedule ------------------------------------------------------
+    resume_state = load_checkpoint(latest) if resume and latest.exists() else None
+    if resume_state is not None:
+        check_resumable(resume_state, cfg, mode, latest)
     torch.manual_seed(cfg.seed)
-    if cfg.init:  # the checkpoint decides the architecture; --model and --pretrained are not used
+    if resume_state is not None:  # latest.pth holds the run: --init and --pretrained are not read again
+        model = model_from_spec(resume_state["model_spec"])
+        pretrained_backbone = resume_state.get("pretrained_backbone", False)
+    elif cfg.init:  # the checkpoint decides the architecture; --model and --pretrained are not used
         init_state = load_checkpoint(cfg.init)
         model = model_from_spec(init_state["model_spec"])
         model.load_state_dict(init_state["model"])
@@ -189,10 +237,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     augment = TrainAugment().to(device)
 
     start_step, best_score, best_step = 0, -1.0, -1
-    if resume and latest.exists():
-        state = load_checkpoint(latest)
-        if state.get("mode") != mode:
-            raise TrainError(f"{latest} is a {state.get('mode')} run; resume it with that command")
+    if resume_state is not None:
+        state = resume_state
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -201,7 +247,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     forward = torch.compile(net) if cfg.compile else net
 
-    writer = SummaryWriter(out / "tb", purge_step=start_step) if rank == 0 else None
+    # events logged after the checkpoint (steps > start_step) are dropped: the resumed run writes them again
+    writer = SummaryWriter(out / "tb", purge_step=start_step + 1) if rank == 0 else None
     if writer is not None and start_step == 0:
         writer.add_text("config", "```\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False) + "\n```", 0)
         writer.add_text("data", index.summary(), 0)
@@ -217,7 +264,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     images_cache: dict = {}
     summary: dict = {}
     timers = {"data": 0.0, "augment": 0.0, "teacher": 0.0, "compute": 0.0}
-    window_start, window_images = time.perf_counter(), 0
+    window_start, window_images, window_steps = time.perf_counter(), 0, 0
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=mode,
                disable=not progress or rank != 0, dynamic_ncols=True)
 
@@ -244,9 +291,10 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
             parts_targets.append(mask_x)
         if batch_u is not None:
             img_u = batch_u["image"].to(device, non_blocking=True).float().div_(255)
-            # ``inside_u`` is 0 where the affine brought in padding: no teacher prediction is learned there
+            # ``inside_u`` is 0 on padding (of small images, or brought in by the affine): no teacher
+            # prediction is learned there
             img_u, pseudo_u, inside_u = augment.geometric(img_u, batch_u["mask"].to(device, non_blocking=True),
-                                                          torch.ones_like(img_u[:, 0]))
+                                                          batch_u["valid"].to(device, non_blocking=True).float())
             weak_u = augment.weak(img_u).clamp_(0, 1)
             strong_u = augment.strong(img_u).clamp_(0, 1)
             sync()
@@ -273,10 +321,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         with autocast_for(device, cfg.amp):
             logits = forward(images)
         loss, parts = criterion(logits, torch.cat(parts_targets))
-        losses = {"loss_x" if mode == "finetune" else "loss_pseudo": loss.detach()}
-        if batch_u is not None:
-            if n_labeled:  # report the labeled part on its own as well
+        losses = {"loss_x": loss.detach()} if batch_u is None else {}
+        logging = writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps)
+        if batch_u is not None and logging:  # the labeled and pseudo-labeled parts on their own as well
+            if n_labeled:
                 losses["loss_x"] = criterion(logits[:n_labeled].detach(), parts_targets[0])[0]
+            if cfg.pseudo_labels and bool((pseudo_u != IGNORE_INDEX).any()):
+                losses["loss_pseudo"] = criterion(logits[n_labeled:].detach(), pseudo_u)[0]
+        if batch_u is not None:
             loss_cons = masked_cross_entropy(logits[n_labeled:], teacher_label, keep)
             loss = loss + cfg.consistency_weight * loss_cons
             losses["loss_consistency"] = loss_cons.detach()
@@ -289,9 +341,10 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         sync()
         timers["compute"] += time.perf_counter() - tick
         window_images += images.shape[0] * world
+        window_steps += 1
 
         done = step + 1
-        if writer is not None and (done % cfg.log_every == 0 or done == cfg.steps):
+        if logging:
             elapsed = time.perf_counter() - window_start
             writer.add_scalar("train/loss", loss.item(), done)
             for name, value in {**losses, **parts}.items():
@@ -301,9 +354,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
             if device.type == "cuda":
                 writer.add_scalar("train/peak_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
             for name, seconds in timers.items():
-                writer.add_scalar(f"time/{name}_s_per_step", seconds / cfg.log_every, done)
+                writer.add_scalar(f"time/{name}_s_per_step", seconds / window_steps, done)
             timers = dict.fromkeys(timers, 0.0)
-            window_start, window_images = time.perf_counter(), 0
+            window_start, window_images, window_steps = time.perf_counter(), 0, 0
             bar.set_postfix(loss=f"{loss.item():.3f}")
 
         stopping = stop_after is not None and done - start_step >= stop_after
