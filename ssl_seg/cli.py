@@ -26,7 +26,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (SS2 layout or images/ + masks/)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints and TensorBoard logs (tb/)")
-    parser.add_argument("--config", help="YAML config, e.g. experiments/demo.yaml")
+    parser.add_argument("--config", help="YAML training config, e.g. experiments/ss2_segformer.yaml")
     parser.add_argument("--model", help="segformer-tiny | segformer | dinov2 | dinov2-tiny")
     parser.add_argument("--pretrained", help="hub id or local folder of backbone weights")
     parser.add_argument("--local-files-only", action="store_true", default=None,
@@ -76,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint (.pth or run folder)")
     p.add_argument("--images", required=True, help="folder of unlabeled images, or a dataset root")
     p.add_argument("--out", required=True)
-    p.add_argument("--config", help="YAML config: refine, sam, dinov2_features, pseudo_threshold, tta keys")
+    p.add_argument("--config", help="YAML config: refine, sam, superpixel_method, dinov2_features, pseudo_threshold, tta keys")
     p.add_argument("--refine", choices=["none", "superpixel", "sam"], help="default: superpixel")
     p.add_argument("--sam", help="SAM hub id or local folder (with --refine sam)")
+    p.add_argument("--superpixel", choices=["slic", "felzenszwalb"],
+                   help="superpixel algorithm of --refine superpixel (default: slic)")
     p.add_argument("--dinov2", help="DINOv2 hub id or local folder: feature teacher fitted on --labeled")
     p.add_argument("--labeled", help="labeled dataset for the DINOv2 class prototypes")
+    p.add_argument("--binary-class", help="class of 0/255 binary masks in the --labeled dataset")
     p.add_argument("--local-files-only", action="store_true", default=None)
     p.add_argument("--threshold", type=float, help="confidence below which pixels are ignored (255); default 0.8")
     p.add_argument("--class-balance", type=float,
@@ -160,20 +163,22 @@ def run(args: argparse.Namespace) -> int:
 
         from ssl_seg.config import apply_overrides, load_config
 
-        flags = {"refine": args.refine, "sam": args.sam, "dinov2_features": args.dinov2, "device": args.device,
+        flags = {"refine": args.refine, "sam": args.sam, "superpixel_method": args.superpixel,
+                 "dinov2_features": args.dinov2, "device": args.device,
                  "pseudo_threshold": args.threshold, "pseudo_class_balance": args.class_balance,
                  "tta": args.tta, "infer_tile_size": args.tile_size,
-                 "local_files_only": args.local_files_only}
+                 "local_files_only": args.local_files_only, "binary_class": args.binary_class}
         cfg = apply_overrides(load_config(args.config, {k: v for k, v in flags.items() if v is not None}), args.set)
         try:
             shard_index, shard_count = (int(v) for v in args.shard.split("/"))
         except ValueError:
             raise ValueError(f"--shard must look like 0/4 (index/count), not {args.shard!r}") from None
         stats = pseudo_label(args.checkpoint, args.images, args.out, refine=cfg.refine, sam=cfg.sam,
-                             dinov2=cfg.dinov2_features, labeled=args.labeled, local_files_only=cfg.local_files_only,
+                             dinov2=cfg.dinov2_features, labeled=args.labeled, binary_class=cfg.binary_class,
+                             local_files_only=cfg.local_files_only,
                              threshold=cfg.pseudo_threshold, tta=cfg.tta, tile_size=cfg.infer_tile_size,
                              shard=(shard_index, shard_count), device=cfg.device, progress=not args.no_progress,
-                             class_balance=cfg.pseudo_class_balance)
+                             class_balance=cfg.pseudo_class_balance, superpixel_method=cfg.superpixel_method)
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(stats, indent=2))
     elif args.command == "predict":
@@ -203,6 +208,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc``; for one re-raised from a DataLoader worker, the worker's own message."""
+    text = str(exc)
+    if "Original Traceback" in text:  # torch prefixes the worker's whole traceback; its last line is the message
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(f"{type(exc).__name__}: ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ssl_seg.data.io import DataError
@@ -213,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (DataError, ModelLoadError, CheckpointError, TrainError, ValueError) as exc:
-        print(f"ssl-seg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"ssl-seg {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ssl-seg {args.command}: interrupted; rerun the same command to continue", file=sys.stderr)

@@ -242,6 +242,15 @@ def test_folder_without_config_is_refused(tmp_path):
         SamRefiner.from_pretrained(str(tmp_path), local_files_only=True)
 
 
+def test_folder_of_another_model_is_refused(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=8)).save_pretrained(tmp_path / "dinov2")
+    with pytest.raises(ModelLoadError, match="not SAM"):
+        SamRefiner.from_pretrained(str(tmp_path / "dinov2"), local_files_only=True)
+
+
 def test_configs_have_the_documented_sizes():
     vit_b = vit_b_sam_config()
     assert vit_b.vision_config.hidden_size == 768

@@ -36,7 +36,7 @@ from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
 from ssl_seg import IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.models.hub import load_pretrained
+from ssl_seg.models.hub import ModelLoadError, load_pretrained
 from ssl_seg.pseudo.refine import as_rgb, check_teacher_maps, threshold_labels
 
 # SAM normalises with the ImageNet statistics (SamImageProcessor defaults).
@@ -230,6 +230,11 @@ class SamRefiner:
         from transformers import SamModel, SamProcessor
 
         model = load_pretrained(SamModel, name_or_dir, local_files_only=local_files_only)
+        if model.config.model_type != "sam":  # transformers would load the foreign weights' names as random SAM weights
+            raise ModelLoadError(
+                f"{name_or_dir} holds a {model.config.model_type} model, not SAM: "
+                "pass e.g. facebook/sam-vit-base or a folder saved from a SAM model"
+            )
         local = Path(name_or_dir).expanduser()
         try:  # the fast path needs no processor; the naive reference builds one when absent
             processor = SamProcessor.from_pretrained(
@@ -285,13 +290,16 @@ class SamRefiner:
             chunk = prompts[start : start + self.prompt_chunk]
             boxes = torch.tensor([p.box for p in chunk], device=self.device).view(1, -1, 2, 2) * scale
             points = torch.tensor([p.point for p in chunk], device=self.device).view(1, -1, 1, 2) * scale
-            outputs = self.model(
-                image_embeddings=embeddings,
-                input_points=points,
-                input_labels=torch.ones(1, len(chunk), 1, dtype=torch.int64, device=self.device),
-                input_boxes=boxes.view(1, -1, 4),
-                multimask_output=self.multimask,
-            )
+            # prompt and mask decoding stay out of bf16 autocast: the prompt encoder's Fourier features
+            # of pixel coordinates would lose several pixels of position; the decoder is cheap
+            with torch.autocast(self.device.type, enabled=False):
+                outputs = self.model(
+                    image_embeddings=embeddings.to(self.dtype),
+                    input_points=points,
+                    input_labels=torch.ones(1, len(chunk), 1, dtype=torch.int64, device=self.device),
+                    input_boxes=boxes.view(1, -1, 4),
+                    multimask_output=self.multimask,
+                )
             stats["decoder_calls"] += 1
             low_res, scores = self._best_of(outputs.pred_masks[0], outputs.iou_scores[0])
             for offset in range(0, len(chunk), self.post_chunk):

@@ -66,11 +66,16 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 def threshold_labels(labels: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
     """The teacher-alone pseudo mask: labels where confidence >= threshold, IGNORE_INDEX elsewhere.
 
-    >>> threshold_labels(np.array([[1, 2]], np.uint8), np.array([[0.9, 0.5]], np.float32), 0.8)
-    array([[  1, 255]], dtype=uint8)
+    Confidence 0 is never kept, even at threshold 0: it marks pixels where the DINOv2 feature
+    teacher disagrees (a softmax confidence is at least 1 / classes).
+
+    >>> threshold_labels(np.array([[1, 2, 3]], np.uint8), np.array([[0.9, 0.5, 0.0]], np.float32), 0.8)
+    array([[  1, 255, 255]], dtype=uint8)
+    >>> threshold_labels(np.array([[1, 2, 3]], np.uint8), np.array([[0.9, 0.5, 0.0]], np.float32), 0.0)
+    array([[  1,   2, 255]], dtype=uint8)
     """
     check_teacher_maps(labels, confidence)
-    return np.where(confidence >= threshold, labels, IGNORE_INDEX).astype(np.uint8)
+    return np.where((confidence >= threshold) & (confidence > 0), labels, IGNORE_INDEX).astype(np.uint8)
 
 
 def default_n_segments(height: int, width: int) -> int:
@@ -105,8 +110,9 @@ def superpixels(
         target_area = work.shape[0] * work.shape[1] / n_segments
         segments = felzenszwalb(work, scale=100.0, sigma=0.8, min_size=max(4, int(target_area / 4)))
     if scale < 1.0:
-        rows = np.minimum((np.arange(height) * scale).astype(np.int64), work.shape[0] - 1)
-        cols = np.minimum((np.arange(width) * scale).astype(np.int64), work.shape[1] - 1)
+        # nearest neighbour by pixel centre: full-size pixel i lies in work pixel floor((i + 0.5) * ratio)
+        rows = np.minimum(((np.arange(height) + 0.5) * work.shape[0] / height).astype(np.int64), work.shape[0] - 1)
+        cols = np.minimum(((np.arange(width) + 0.5) * work.shape[1] / width).astype(np.int64), work.shape[1] - 1)
         segments = segments[rows[:, None], cols[None, :]]
     return segments.astype(np.int64, copy=False)
 

@@ -8,6 +8,7 @@ so an image counts as done only once all three exist; ``manifest.json`` merges t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ from ssl_seg.data.layout import discover
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
 from ssl_seg.predict import decoded_images
-from ssl_seg.pseudo.refine import class_balanced_confidence, superpixel_refine, threshold_labels
+from ssl_seg.pseudo.refine import SUPERPIXEL_METHODS, class_balanced_confidence, superpixel_refine, threshold_labels
 from ssl_seg.train.checkpoint import load_model
 from ssl_seg.train.trainer import resolve_device, setup_distributed
 
@@ -44,7 +45,20 @@ def unlabeled_images(images: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def load_feature_teacher(dinov2: str, labeled: str | None, local_files_only: bool, device):
+def labeled_pairs(labeled: str, binary_class: str | None = None):
+    """(image, mask) of every labeled sample of a dataset, each mask checked against its image."""
+    from ssl_seg import class_code
+
+    for sample in discover(labeled, binary_class=class_code(binary_class) if binary_class else None).labeled:
+        image, mask = read_image(sample.image), sample.read_mask()
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"mask {sample.mask}: size {mask.shape[0]}x{mask.shape[1]} but image {sample.image} is "
+                            f"{image.shape[0]}x{image.shape[1]}; fix: give the mask the image's size")
+        yield image, mask
+
+
+def load_feature_teacher(dinov2: str, labeled: str | None, local_files_only: bool, device,
+                         binary_class: str | None = None):
     """A DINOv2 prototype teacher fitted on the labeled masks, or None (and why) when unavailable."""
     from ssl_seg.pseudo.features import Dinov2FeatureTeacher
 
@@ -56,8 +70,7 @@ def load_feature_teacher(dinov2: str, labeled: str | None, local_files_only: boo
     except ModelLoadError as exc:
         say(f"{exc}; continuing with the model teacher alone")
         return None
-    samples = discover(labeled).labeled
-    teacher.fit((read_image(s.image), s.read_mask()) for s in samples)
+    teacher.fit(labeled_pairs(labeled, binary_class))
     return teacher
 
 
@@ -100,29 +113,76 @@ def write_outputs(out: Path, stem: str, pseudo: np.ndarray, confidence: np.ndarr
     save_json(out / "entries" / f"{stem}.json", entry)  # last: marks the image done
 
 
+@contextlib.contextmanager
+def merge_lock(out: Path):
+    """Shards that finish together merge one after another, so the last to merge sees every entry."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: shards should then be merged by one rerun after all have finished
+        yield
+        return
+    folder = os.open(out, os.O_RDONLY)  # the lock sits on the folder itself: no lock file is left behind
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # closing releases the lock
+
+
+def check_same_settings(out: Path, settings: dict) -> None:
+    """A folder holds pseudo-labels of one setting: a rerun with others would mix two kinds of masks."""
+    # the refiner's kind, not its weights' path: a project folder may move to another machine
+    now = {"refiner": settings["refiner"].split(":")[0],
+           **{k: settings[k] for k in ("threshold", "class_balance", "tta")}}
+    path = out / "settings.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v]
+        if changed:
+            raise ValueError(f"{out} holds pseudo-labels made with other settings ({'; '.join(changed)}); "
+                             "rerun with the same ones to resume, or pass another --out")
+    else:
+        save_json(path, now)
+
+
 def merge_manifest(out: Path, settings: dict) -> dict:
     """manifest.json from every finished entry (all shards), with totals."""
-    entries = {}
-    for path in sorted((out / "entries").glob("*.json")):
-        entries[path.stem] = json.loads(path.read_text())
-    pixels = sum(e["pixels"] for e in entries.values()) or 1
-    summary = {
-        "images": len(entries),
-        "confident_fraction": sum(e["confident_fraction"] * e["pixels"] for e in entries.values()) / pixels,
-        "class_fractions": {name: sum(e["class_fractions"][name] * e["pixels"] for e in entries.values()) / pixels
-                            for name in CLASS_NAMES},
-        "changed_pixels": sum(e.get("changed_pixels", 0) for e in entries.values()),
-    }
-    manifest = {**settings, "summary": summary, "images": entries}
-    save_json(out / "manifest.json", manifest)
+    with merge_lock(out):
+        entries = {path.stem: json.loads(path.read_text())
+                   for path in sorted((out / "entries").glob("*.json"))
+                   if not path.name.startswith(".")}  # skip temporaries of entries being written
+        pixels = sum(e["pixels"] for e in entries.values()) or 1
+        summary = {
+            "images": len(entries),
+            "confident_fraction": sum(e["confident_fraction"] * e["pixels"] for e in entries.values()) / pixels,
+            "class_fractions": {name: sum(e["class_fractions"][name] * e["pixels"] for e in entries.values()) / pixels
+                                for name in CLASS_NAMES},
+            "changed_pixels": sum(e.get("changed_pixels", 0) for e in entries.values()),
+        }
+        manifest = {**settings, "summary": summary, "images": entries}
+        save_json(out / "manifest.json", manifest)
     return manifest
 
 
 def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, refine: str = "superpixel",
                  sam: str | None = None, dinov2: str | None = None, labeled: str | None = None,
+                 binary_class: str | None = None,
                  local_files_only: bool = False, threshold: float = 0.8, tta: int = 1, tile_size: int = 512,
                  shard: tuple[int, int] = (0, 1), device: str = "auto", workers: int = 2,
-                 progress: bool = True, class_balance: float = 0.0) -> dict:
+                 progress: bool = True, class_balance: float = 0.0, superpixel_method: str = "slic") -> dict:
+    if refine not in ("none", "superpixel", "sam"):
+        raise ValueError(f"refine must be none, superpixel or sam, not {refine!r}")
+    if superpixel_method not in SUPERPIXEL_METHODS:
+        raise ValueError(f"superpixel method must be one of {', '.join(SUPERPIXEL_METHODS)}, not {superpixel_method!r}")
+    for name, value in (("threshold", threshold), ("class balance", class_balance)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"--{name.replace(' ', '-')} must lie in [0, 1], got {value}")
+    if tta not in (1, 2, 8):
+        raise ValueError(f"--tta must be 1, 2 or 8, got {tta}")
+    if sam and refine != "sam":
+        say(f"--sam is used with --refine sam only; refining with {refine}")
+    if labeled and not dinov2:
+        say("--labeled is used with --dinov2 only; ignoring it")
     rank, world, local_rank = setup_distributed()
     if world > 1:  # under torchrun each rank takes its own shard
         shard = (rank, world)
@@ -133,9 +193,11 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     out = Path(out)
     model, state = load_model(checkpoint, device_)
 
-    feature_teacher = load_feature_teacher(dinov2, labeled, local_files_only, device_) if dinov2 else None
+    feature_teacher = load_feature_teacher(dinov2, labeled, local_files_only, device_, binary_class) if dinov2 else None
     sam_refiner = load_sam_refiner(sam, local_files_only, device_) if refine == "sam" else None
     refiner = refine if refine != "sam" or sam_refiner is not None else "superpixel"
+    if refiner == "superpixel" and superpixel_method != "slic":
+        refiner = f"superpixel-{superpixel_method}"
     teacher_name = f"{Path(str(checkpoint)).resolve()}" + (f" + dinov2:{dinov2}" if feature_teacher else "")
     settings = {"teacher": teacher_name, "refiner": refiner + (f":{sam}" if sam_refiner else ""),
                 "threshold": threshold, "class_balance": class_balance, "tta": tta, "ignore_index": IGNORE_INDEX,
@@ -143,6 +205,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
 
     if shard_count == 1:  # shards may share the folder: only a lone run may sweep it
         remove_stale_temporaries(out)
+    check_same_settings(out, settings)
     paths = unlabeled_images(images)[shard_index::shard_count]
     todo = [p for p in paths if not (out / "entries" / f"{p.stem}.json").exists()]
     if len(todo) < len(paths):
@@ -167,8 +230,8 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
         balanced = class_balanced_confidence(labels, confidence, threshold, class_balance)
         if refiner == "sam":
             pseudo, info = sam_refiner.refine(image, labels, balanced, threshold=threshold)
-        elif refiner == "superpixel":
-            pseudo, info = superpixel_refine(image, labels, balanced, threshold=threshold)
+        elif refiner.startswith("superpixel"):
+            pseudo, info = superpixel_refine(image, labels, balanced, threshold=threshold, method=superpixel_method)
         else:
             pseudo, info = threshold_labels(labels, balanced, threshold), {"changed_pixels": 0}
 
@@ -179,6 +242,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
             "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
             "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
+            "threshold": threshold, "class_balance": class_balance, "tta": tta,
         }
         # PNG encoding runs on a writer thread while the device labels the next image.
         pending.append(writer_pool.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
