@@ -36,6 +36,7 @@ import numpy as np
 import bench_common as common
 
 from ssl_seg.config import apply_overrides, load_config
+from ssl_seg.data.io import save_json
 from ssl_seg.pseudo.run import manifest_image_path, merge_manifest, pseudo_label
 from ssl_seg.train.trainer import train
 
@@ -96,7 +97,7 @@ def pseudo_labelled(root: Path, count: int, work: Path, device: str) -> Path:
     for path in sorted(unlabeled.glob("*.JPG")):
         source = json.loads((out / "entries" / f"{common.original_id(path.stem)}.json").read_text())
         entry = {**source, "image": manifest_image_path(path, out)}
-        (out / "entries" / f"{path.stem}.json").write_text(json.dumps(entry))
+        save_json(out / "entries" / f"{path.stem}.json", entry)
     merge_manifest(out, settings)
     return out
 

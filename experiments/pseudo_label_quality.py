@@ -6,7 +6,8 @@ The generator can re-render the masks of the unlabeled scenes (each scene is a p
 seed, split and index); they are written to ``DATA/train/unlabeled_truth/`` and compared with the
 pseudo masks, pixels marked 255 (not confident) left out. Printed per class: the share of
 pseudo-labelled pixels, the share in truth, precision, and coverage (share of the class's true
-pixels that received it), plus the foreground micro Jaccard over the labelled pixels.
+pixels that received it), plus the foreground micro Jaccard over the labelled pixels, and where
+each true class's labelled pixels went (a row of the confusion matrix, as shares).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.data.io import image_size, read_mask
+from ssl_seg.data.io import image_size, read_mask, save_json
 from ssl_seg.data.layout import list_images
 from ssl_seg.data.synthetic import dataset_magnification, write_dataset
 
@@ -31,6 +32,7 @@ def quality(confusion: np.ndarray, truth_counts: np.ndarray) -> dict:
     union = confusion[fg, :].sum() + confusion[:, fg].sum() - confusion[fg, fg].sum()
     return {
         "labelled_fraction": float(confusion.sum() / truth_counts.sum()),
+        "confusion": confusion.tolist(),  # [truth][pseudo] pixel counts
         "foreground_micro_jaccard": float(np.trace(confusion[fg, fg]) / max(union, 1)),
         "classes": {name: {"share_pseudo": float(predicted[c] / max(predicted.sum(), 1)),
                            "share_truth": float(truth_counts[c] / truth_counts.sum()),
@@ -76,8 +78,12 @@ def main() -> None:
     for name, row in result["classes"].items():
         print(f"{name:<12} {row['share_pseudo']:13.3f}  {row['share_truth']:12.3f}  {row['precision']:9.3f}  "
               f"{row['coverage']:8.3f}")
+    print("labelled pixels of each true class (rows) by pseudo class (columns):")
+    print(" " * 12 + "".join(f"{name:>12}" for name in CLASS_NAMES))
+    for name, row in zip(CLASS_NAMES, confusion):
+        print(f"{name:<12}" + "".join(f"{share:12.3f}" for share in row / max(row.sum(), 1)))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        save_json(args.json, result)
 
 
 if __name__ == "__main__":

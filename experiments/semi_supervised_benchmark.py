@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
 import yaml
 
+from ssl_seg.data.io import save_json
 from ssl_seg.demo import DemoConfig, run_demo
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     print("(teacher: supervised training at the teacher's smaller budget; oracle student, with --set oracle=true: "
           "the student trained on the true masks of the unlabeled images, the ceiling for pseudo-labels)")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "benchmark.json").write_text(json.dumps({"config": dataclasses.asdict(demo), "rows": rows}, indent=2))
+    save_json(Path(args.out) / "benchmark.json", {"config": dataclasses.asdict(demo), "rows": rows})
 
 
 if __name__ == "__main__":
