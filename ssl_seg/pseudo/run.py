@@ -250,14 +250,15 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             pending.popleft().result()
         stats["done"] += 1
 
-        writer.add_scalar("pseudo/confident_fraction", entry["confident_fraction"], i)
-        writer.add_scalar("pseudo/changed_pixels", entry["changed_pixels"], i)
+        step = stats["skipped"] + i  # a resumed run goes on after the images of the earlier ones
+        writer.add_scalar("pseudo/confident_fraction", entry["confident_fraction"], step)
+        writer.add_scalar("pseudo/changed_pixels", entry["changed_pixels"], step)
         for c, name in enumerate(CLASS_NAMES):
-            writer.add_scalar(f"pseudo/class_fraction/{name}", entry["class_fractions"][name], i)
-        if i < 4:
-            writer.add_image(f"pseudo/overlay_{i}", overlay(image, pseudo), 0, dataformats="HWC")
-        if i % 16 == 0:
-            writer.add_histogram("pseudo/confidence", confidence[::4, ::4].ravel(), i)
+            writer.add_scalar(f"pseudo/class_fraction/{name}", entry["class_fractions"][name], step)
+        if step < 4:
+            writer.add_image(f"pseudo/overlay_{step}", overlay(image, pseudo), 0, dataformats="HWC")
+        if step % 16 == 0:
+            writer.add_histogram("pseudo/confidence", confidence[::4, ::4].ravel(), step)
     for job in pending:
         job.result()
     writer_pool.shutdown()
