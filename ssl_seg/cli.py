@@ -229,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelLoadError, CheckpointError, TrainError, ValueError) as exc:
         print(f"ssl-seg {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be read or written: a file where a folder goes, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ssl-seg {args.command}: error: {where}{exc.strerror or exc}; fix: check the path, its permissions "
+              "and free space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"ssl-seg {args.command}: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130

@@ -85,7 +85,7 @@ def evaluate_dirs(pred_dir: str | Path, labels_dir: str | Path, binary_class: in
     ``binary_class`` is the class of 0/255 masks for the whole folder; a
     ``binary_classes.csv`` (``id,class``) in ``labels_dir`` sets it per image and wins.
     Returns ``summarize(cm)`` of the set-wide confusion matrix, plus ``num_images`` and
-    ``per_image`` (``{id: {"micro_jaccard_macerals", "micro_jaccard_all", "pixels"}}``).
+    ``per_image`` (``{id: {"micro_jaccard_macerals", "micro_jaccard_all", "pixels", "maceral_pixels"}}``).
     Raises DataError for an empty folder, unpaired files, bad values or mismatched shapes.
     """
     predictions = find_predictions(pred_dir)
@@ -121,6 +121,8 @@ def evaluate_dirs(pred_dir: str | Path, labels_dir: str | Path, binary_class: in
             "micro_jaccard_macerals": micro_jaccard(cm, MACERAL_LABELS),
             "micro_jaccard_all": micro_jaccard(cm, ALL_LABELS),
             "pixels": int(cm.sum()),
+            # pixels that are a maceral in truth or prediction; 0 means the image scores 0 with nothing wrong
+            "maceral_pixels": int(cm.sum() - cm[0, 0]),
         }
     result = summarize(total)
     result["num_images"] = len(per_image)
@@ -156,7 +158,9 @@ def format_report(result: dict[str, Any], worst: int = 5) -> str:
 
     per_image = result.get("per_image") or {}
     if per_image and worst > 0:
-        ranked = sorted(per_image.items(), key=lambda item: item[1]["micro_jaccard_macerals"])[:worst]
+        # images without any maceral in truth or prediction score 0 yet hold no error: not listed
+        scored = [item for item in per_image.items() if item[1].get("maceral_pixels", 1)]
+        ranked = sorted(scored, key=lambda item: item[1]["micro_jaccard_macerals"])[:worst]
         lines += ["", f"lowest micro Jaccard (macerals) of {len(per_image)} images:"]
         lines += [f"  {image_id}  {scores['micro_jaccard_macerals']:.4f}" for image_id, scores in ranked]
     return "\n".join(lines)

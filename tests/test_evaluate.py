@@ -162,6 +162,18 @@ def test_format_report_mentions_scores_and_classes(tmp_path):
     assert "x0" in text
 
 
+def test_lowest_list_leaves_out_images_without_macerals(tmp_path):
+    empty = np.zeros((8, 8), np.uint8)  # no maceral in truth or prediction: scores 0 with nothing wrong
+    wrong = np.zeros((8, 8), np.uint8)
+    wrong[:4] = 2
+    write_pair(tmp_path / "p", tmp_path / "l", "empty", empty, empty)
+    write_pair(tmp_path / "p", tmp_path / "l", "wrong", wrong, np.where(wrong == 2, 1, 0).astype(np.uint8))
+    result = evaluate_dirs(tmp_path / "p", tmp_path / "l")
+    assert result["per_image"]["empty"]["maceral_pixels"] == 0
+    lowest = format_report(result).split("lowest micro Jaccard")[1]
+    assert "wrong" in lowest and "empty" not in lowest
+
+
 def test_real_binary_example_scores_itself_perfectly(real_data, tmp_path):
     """The published SS2 example is a 0/255 liptinite mask: read with its class, it scores 1.0 against itself."""
     from ssl_seg.data.io import read_mask

@@ -14,6 +14,7 @@ from PIL import Image
 from ssl_seg.data.io import DataError
 from ssl_seg.report import (
     build_report,
+    format_summary,
     composition_columns,
     object_columns,
     wilson_interval,
@@ -314,6 +315,29 @@ def test_bad_sample_pattern_refused(tmp_path, pattern, message):
         build_report(tmp_path / "p", tmp_path / "out", sample_pattern=pattern)
 
 
+def test_samples_csv_not_utf8_refused(tmp_path):
+    write_predictions(tmp_path / "p", fixture_masks())
+    (tmp_path / "s.csv").write_bytes("image,sample\nS1_a,Montréal\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"s.csv: not UTF-8 text .*fix: save it as a UTF-8 CSV"):
+        build_report(tmp_path / "p", tmp_path / "out", samples_csv=tmp_path / "s.csv")
+
+
+def test_empty_prediction_refused(tmp_path):
+    masks = {**fixture_masks(), "S1_e": np.zeros((0, 5), np.uint8)}
+    write_predictions(tmp_path / "p", masks)
+    with pytest.raises(DataError, match="S1_e_pred.npy: empty array"):
+        build_report(tmp_path / "p", tmp_path / "out")
+
+
+def test_sample_names_are_shown_verbatim_in_plots(tmp_path):
+    # '$' would start matplotlib math text (an invalid one stops the report); a leading '_' hides a legend entry
+    masks = fixture_masks()
+    write_predictions(tmp_path / "p", {"$\\foo$_1": masks["S1_a"], "_x_2": masks["S1_b"], "y_3": masks["S2_d"]})
+    result = build_report(tmp_path / "p", tmp_path / "out", sample_pattern=r"^(.*)_\d$", bootstrap=0)
+    assert {row["sample"] for row in result["samples"]} == {"$\\foo$", "_x", "y"}
+    assert "intervals: 95% point-count interval (--bootstrap 0)" in format_summary(result)
+
+
 def test_csv_and_pattern_together_refused(tmp_path):
     write_predictions(tmp_path / "p", fixture_masks())
     (tmp_path / "s.csv").write_text("image,sample\n")
@@ -519,9 +543,15 @@ def test_cli_run(tmp_path, capsys):
     )
     output = capsys.readouterr().out
     assert code == 0 and "S1" in output and "S2" in output and "report.html" in output
-    code = run(parser.parse_args(["--pred", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]))
+    from ssl_seg.cli import main
+
+    code = main(["report", "--pred", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and "not found" in error
+    (tmp_path / "a_file").write_text("")
+    code = main(["report", "--pred", str(tmp_path / "p"), "--out", str(tmp_path / "a_file")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "a_file" in error, error
 
 
 # --------------------------------------------------------------------------- documentation

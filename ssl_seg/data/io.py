@@ -334,7 +334,9 @@ def read_prediction(path: str | Path) -> np.ndarray:
         raise DataError(
             f"{kind} {path}: dtype {array.dtype} is not an integer type; fix: save it as uint8 class codes (e.g. pred.astype(np.uint8))"
         )
-    if array.size and (int(array.min()) < 0 or int(array.max()) >= NUM_CLASSES):
+    if array.size == 0:
+        raise DataError(f"{kind} {path}: empty array of shape {array.shape}; fix: save the image's HxW class-code map")
+    if int(array.min()) < 0 or int(array.max()) >= NUM_CLASSES:
         values, counts = _value_counts(array)
         raise DataError(
             f"{kind} {path}: values {_describe_values(values, counts)} outside the class codes 0..{NUM_CLASSES - 1}; "
@@ -415,6 +417,15 @@ def save_jpg(path: str | Path, rgb: np.ndarray, quality: int = 90) -> None:
         raise ValueError(f"save_jpg {path}: expected uint8 HxWx3, got {rgb.dtype} {rgb.shape}")
     with atomic_write(path) as temp:
         Image.fromarray(rgb).save(temp, format="JPEG", quality=quality)
+
+
+def csv_lines(path: str | Path) -> list[str]:
+    """The lines of a small UTF-8 text file (a byte-order mark is dropped), for ``csv.reader``."""
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig").splitlines(keepends=True)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                        "fix: save it as a UTF-8 CSV") from None
 
 
 def save_json(path: str | Path, obj: Any) -> None:

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from ssl_seg import class_code
-from ssl_seg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, binary_class_code, image_size, read_image,
-                             read_mask)
+from ssl_seg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, binary_class_code, csv_lines, image_size,
+                             read_image, read_mask)
 
 BINARY_CLASSES_CSV = "binary_classes.csv"
 MASK_FOLDER_NAMES = ("masks", "labels")
@@ -179,28 +179,27 @@ def read_binary_classes(csv_path: str | Path, known_ids: set[str]) -> dict[str, 
     """
     csv_path = Path(csv_path)
     classes: dict[str, int] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        for line_number, row in enumerate(csv.reader(handle), start=1):
-            cells = [cell.strip() for cell in row]
-            if not cells or not any(cells) or cells[0].startswith("#"):
-                continue
-            where = f"{csv_path}:{line_number}"
-            if line_number == 1 and [cell.lower() for cell in cells] == ["id", "class"]:
-                continue
-            if len(cells) != 2:
-                raise DataError(f"{where}: expected 'id,class', found {','.join(row)!r}; fix: one image per line")
-            image_id, name = cells
-            try:
-                code = class_code(name)
-            except ValueError as error:
-                raise DataError(f"{where}: {error}") from None
-            if image_id not in known_ids:
-                raise DataError(
-                    f"{where}: id {image_id!r} matches no labeled image; fix: use the image's file name without suffix"
-                )
-            if image_id in classes:
-                raise DataError(f"{where}: id {image_id!r} is listed twice; fix: keep one line per image")
-            classes[image_id] = code
+    for line_number, row in enumerate(csv.reader(csv_lines(csv_path)), start=1):
+        cells = [cell.strip() for cell in row]
+        if not cells or not any(cells) or cells[0].startswith("#"):
+            continue
+        where = f"{csv_path}:{line_number}"
+        if line_number == 1 and [cell.lower() for cell in cells] == ["id", "class"]:
+            continue
+        if len(cells) != 2:
+            raise DataError(f"{where}: expected 'id,class', found {','.join(row)!r}; fix: one image per line")
+        image_id, name = cells
+        try:
+            code = class_code(name)
+        except ValueError as error:
+            raise DataError(f"{where}: {error}") from None
+        if image_id not in known_ids:
+            raise DataError(
+                f"{where}: id {image_id!r} matches no labeled image; fix: use the image's file name without suffix"
+            )
+        if image_id in classes:
+            raise DataError(f"{where}: id {image_id!r} is listed twice; fix: keep one line per image")
+        classes[image_id] = code
     return classes
 
 

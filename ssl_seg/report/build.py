@@ -259,6 +259,7 @@ def build_report(
         write_tensorboard(run_dir, summaries, figures["ternary"])
         paths["run_dir"] = Path(run_dir)
     return {
+        "bootstrap": bootstrap,
         "paths": paths,
         "samples": [s.row for s in summaries],
         "images": [row for s in summaries for row in s.image_rows],
@@ -282,6 +283,7 @@ def format_summary(result: dict[str, Any]) -> str:
             f"{str(row['sample'])[:16]:<16} {row['n_images']:>6} {_percent_text(row['organic_field_fraction']):>9} "
             + " ".join(cells)
         )
-    lines.append("intervals: bootstrap 95% over images (point-count interval for single-image samples)")
+    lines.append("intervals: bootstrap 95% over images (point-count interval for single-image samples)"
+                 if result.get("bootstrap", 1) else "intervals: 95% point-count interval (--bootstrap 0)")
     lines += [f"{key}: {path}" for key, path in result["paths"].items()]
     return "\n".join(lines)

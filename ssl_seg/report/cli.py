@@ -10,9 +10,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ssl_seg.data.io import DataError
 from ssl_seg.report.build import build_report, format_summary
 
 
@@ -40,24 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the report from parsed arguments; print its summary. Returns the exit code
-    (2 with a one-line message on stderr for bad input)."""
-    try:
-        result = build_report(
-            args.pred,
-            args.out,
-            images_dir=args.images,
-            samples_csv=args.samples,
-            sample_pattern=args.sample_pattern,
-            run_dir=args.run_dir,
-            bootstrap=args.bootstrap,
-            points=args.points,
-            seed=args.seed,
-            thumbnails=args.thumbnails,
-            min_object_pixels=args.min_object_pixels,
-        )
-    except (DataError, ValueError) as error:
-        print(f"ssl-seg report: error: {error}", file=sys.stderr)
-        return 2
+    """Build the report from parsed arguments and print its summary (``ssl-seg`` turns bad input
+    into a one-line error)."""
+    result = build_report(
+        args.pred,
+        args.out,
+        images_dir=args.images,
+        samples_csv=args.samples,
+        sample_pattern=args.sample_pattern,
+        run_dir=args.run_dir,
+        bootstrap=args.bootstrap,
+        points=args.points,
+        seed=args.seed,
+        thumbnails=args.thumbnails,
+        min_object_pixels=args.min_object_pixels,
+    )
     print(format_summary(result))
     return 0

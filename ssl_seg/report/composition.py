@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES
-from ssl_seg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, read_prediction
+from ssl_seg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, csv_lines, read_prediction
 from ssl_seg.evaluate import PRED_SUFFIX, format_ids
 
 MACERALS = CLASS_NAMES[1:]
@@ -123,29 +123,28 @@ def samples_from_csv(csv_path: str | Path, image_ids: Sequence[str]) -> dict[str
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: samples CSV not found; fix: check the --samples path")
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
-        if "image" not in columns or "sample" not in columns:
+    reader = csv.DictReader(csv_lines(csv_path))
+    columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
+    if "image" not in columns or "sample" not in columns:
+        raise DataError(
+            f"{csv_path}: header {reader.fieldnames} lacks the columns 'image' and 'sample'; "
+            "fix: start the file with the line 'image,sample'"
+        )
+    mapping: dict[str, str] = {}
+    for line_number, row in enumerate(reader, start=2):
+        image = (row.get(columns["image"]) or "").strip()
+        sample = (row.get(columns["sample"]) or "").strip()
+        if not image and not sample:
+            continue
+        if not image or not sample:
+            raise DataError(f"{csv_path}:{line_number}: empty image or sample; fix: fill both columns")
+        image_id = image_id_of(image)
+        if mapping.get(image_id, sample) != sample:
             raise DataError(
-                f"{csv_path}: header {reader.fieldnames} lacks the columns 'image' and 'sample'; "
-                "fix: start the file with the line 'image,sample'"
+                f"{csv_path}:{line_number}: image {image_id!r} is in samples {mapping[image_id]!r} and {sample!r}; "
+                "fix: give each image one sample"
             )
-        mapping: dict[str, str] = {}
-        for line_number, row in enumerate(reader, start=2):
-            image = (row.get(columns["image"]) or "").strip()
-            sample = (row.get(columns["sample"]) or "").strip()
-            if not image and not sample:
-                continue
-            if not image or not sample:
-                raise DataError(f"{csv_path}:{line_number}: empty image or sample; fix: fill both columns")
-            image_id = image_id_of(image)
-            if mapping.get(image_id, sample) != sample:
-                raise DataError(
-                    f"{csv_path}:{line_number}: image {image_id!r} is in samples {mapping[image_id]!r} and {sample!r}; "
-                    "fix: give each image one sample"
-                )
-            mapping[image_id] = sample
+        mapping[image_id] = sample
     missing = [image_id for image_id in image_ids if image_id not in mapping]
     if missing:
         raise DataError(
@@ -389,7 +388,8 @@ OBJECTS_DOC: dict[str, str] = {
     "sample": "Sample name (as in composition.csv).",
     "class": "Maceral group: inertinite, vitrinite or liptinite.",
     "n_images": "Images in the sample.",
-    "object_count": "Connected objects (8-connectivity) of this maceral over the sample's images.",
+    "object_count": "Connected objects (8-connectivity) of this maceral over the sample's images, "
+                    "at least --min-object-pixels large.",
     "objects_per_image": "`object_count / n_images`.",
     "area_mean_px": "Mean object area in pixels.",
     "area_median_px": "Median object area in pixels.",

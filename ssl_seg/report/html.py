@@ -166,7 +166,8 @@ def render_page(
         _figure(
             figures["bars"],
             "organic fractions per sample with error bars",
-            "Error bars: bootstrap 95% interval over images; for a single-image sample, the point-count interval.",
+            "Error bars: bootstrap 95% interval over images; for a single-image sample, the point-count interval."
+            if bootstrap else "Error bars: the 95% point-count interval (no bootstrap: --bootstrap 0).",
         ),
         "</section>",
         '<section id="sizes" class="plot"><h2>Object sizes</h2>',

@@ -24,6 +24,13 @@ MAX_LEGEND_ENTRIES = 15
 MACERAL_COLOURS = [tuple(c / 255.0 for c in PALETTE[index + 1]) for index in range(len(MACERALS))]
 
 
+def text_label(name: str) -> str:
+    """A sample name as matplotlib shows it verbatim: '$' would start math text, and a
+    leading '_' hides a legend entry."""
+    name = name.replace("$", r"\$")
+    return " " + name if name.startswith("_") else name
+
+
 def figure_png(figure: Figure, dpi: int = 100) -> bytes:
     """PNG bytes of a figure (white background)."""
     FigureCanvasAgg(figure)
@@ -102,7 +109,7 @@ def ternary_figure(samples: Sequence[SampleSummary], rng_seed: int = 0) -> Figur
         images = images[~np.isnan(images).any(axis=1)]
         if len(images):
             axes.scatter(*ternary_xy(images), s=16, marker="x", color=colour, alpha=0.6, linewidths=0.8, zorder=2)
-        label = summary.name if plotted < MAX_LEGEND_ENTRIES else None
+        label = text_label(summary.name) if plotted < MAX_LEGEND_ENTRIES else None
         axes.scatter(*ternary_xy(point), s=70, color=colour, edgecolors="black", linewidths=0.8, zorder=3, label=label)
         plotted += 1
     if plotted:
@@ -150,7 +157,7 @@ def composition_bars_figure(samples: Sequence[SampleSummary]) -> Figure:
         )
     axes.set_xticks(positions)
     axes.set_xticklabels(
-        [s.name for s in samples], rotation=30 if len(samples) > 6 else 0, ha="right" if len(samples) > 6 else "center"
+        [text_label(s.name) for s in samples], rotation=30 if len(samples) > 6 else 0, ha="right" if len(samples) > 6 else "center"
     )
     axes.set_ylabel("% of organic matter")
     axes.set_ylim(0, 105)
@@ -184,7 +191,7 @@ def size_histogram_figure(areas: dict[str, dict[str, np.ndarray]], sample_names:
             for sample, colour in zip(sample_names, colours):
                 values = areas[sample][maceral]
                 if values.size:
-                    axes.hist(values, bins=bins, histtype="step", color=colour, linewidth=1.4, label=sample)
+                    axes.hist(values, bins=bins, histtype="step", color=colour, linewidth=1.4, label=text_label(sample))
             axes.set_xscale("log")
             # Counts span decades (specks vs. large bodies): a log count axis keeps both visible.
             axes.set_yscale("log")
