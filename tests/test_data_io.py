@@ -92,6 +92,24 @@ def test_read_image_16bit_rgb_tiff(tmp_path: Path) -> None:
     assert tuple(image[0, 0]) in {(255, 128, 0), (255, 127, 0)}
 
 
+def test_read_image_16bit_planar_tiff(tmp_path: Path) -> None:
+    # Pillow decodes this layout into wrong pixels without an error
+    tifffile = pytest.importorskip("tifffile")
+    ramp = np.linspace(0, 65535, 12 * 16).reshape(12, 16).astype(np.uint16)
+    rgb16 = np.stack([ramp, ramp // 2, ramp // 4])
+    tifffile.imwrite(tmp_path / "planar.tif", rgb16, photometric="rgb", planarconfig="separate")
+    expected = np.rint(np.moveaxis(rgb16, 0, -1) / 65535 * 255)
+    assert np.abs(read_image(tmp_path / "planar.tif").astype(float) - expected).max() <= 1
+    assert image_size(tmp_path / "planar.tif") == (12, 16)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_tiff_orientation_size_matches_the_image(tmp_path: Path, orientation: int) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "r.tif", np.zeros((40, 60, 3), np.uint8), extratags=[(274, "H", 1, orientation, True)])
+    assert image_size(tmp_path / "r.tif") == read_image(tmp_path / "r.tif").shape[:2]
+
+
 def test_read_image_exif_orientation(tmp_path: Path) -> None:
     # Stored 20 wide x 10 high; orientation 6 means "rotate 90 degrees clockwise to view".
     stored = np.zeros((10, 20, 3), np.uint8)

@@ -79,3 +79,55 @@ def test_missing_weights_give_one_line(tmp_path):
 def test_hub_id_offline_says_how_to_get_it():
     with pytest.raises(ModelLoadError, match="download it once"):
         build_model("segformer", pretrained="nvidia/mit-b0-not-cached", local_files_only=True)
+
+
+def _tiny_registers_dinov2():
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    config = tiny_dinov2_config().to_dict()
+    config.pop("model_type", None)
+    return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**config, num_register_tokens=4))
+
+
+def test_dinov2_with_registers_keeps_its_registers(tmp_path):
+    torch.manual_seed(0)
+    backbone = _tiny_registers_dinov2().eval()
+    backbone.save_pretrained(tmp_path / "weights")
+    model = build_model("dinov2", pretrained=str(tmp_path / "weights"), local_files_only=True).eval()
+    torch.testing.assert_close(model.backbone.embeddings.register_tokens, backbone.embeddings.register_tokens)
+    clone = model_from_spec(model_spec(model)).eval()  # a checkpoint rebuilds the same backbone offline
+    clone.load_state_dict(model.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(clone(x), model(x))
+
+
+def test_half_precision_weights_train_in_float32(tmp_path):
+    Dinov2Model(tiny_dinov2_config()).to(torch.bfloat16).save_pretrained(tmp_path / "weights")
+    model = build_model("dinov2", pretrained=str(tmp_path / "weights"), local_files_only=True)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model(torch.rand(1, 3, 32, 32)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name, save", [
+    ("dinov2", lambda d: SegformerForSemanticSegmentation(tiny_segformer_config(4)).save_pretrained(d)),
+    ("segformer", lambda d: Dinov2Model(tiny_dinov2_config()).save_pretrained(d)),
+])
+def test_folder_of_another_family_gives_one_line(name, save, tmp_path):
+    save(tmp_path / "weights")
+    with pytest.raises(ModelLoadError) as info:
+        build_model(name, pretrained=str(tmp_path / "weights"), local_files_only=True)
+    assert "\n" not in str(info.value) and "weights" in str(info.value)
+
+
+def test_truncated_weights_give_one_line(tmp_path):
+    Dinov2Model(tiny_dinov2_config()).save_pretrained(tmp_path / "weights")
+    weights = tmp_path / "weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ModelLoadError) as info:
+        build_model("dinov2", pretrained=str(tmp_path / "weights"), local_files_only=True)
+    assert "\n" not in str(info.value) and "save_pretrained" in str(info.value)
+
+
+def test_tiny_dinov2_refuses_pretrained_weights(tmp_path):
+    with pytest.raises(ModelLoadError, match="--model dinov2"):
+        build_model("dinov2-tiny", pretrained=str(tmp_path))

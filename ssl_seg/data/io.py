@@ -93,6 +93,16 @@ def _read_tiff_fallback(path: Path) -> np.ndarray | None:
     return array
 
 
+def _pillow_misreads_tiff(image: Image.Image) -> bool:
+    """Pillow decodes planar (one plane per channel) TIFFs of more than 8 bits without an error,
+    into wrong pixels; tifffile reads them right."""
+    if image.format != "TIFF":
+        return False
+    bits = image.tag_v2.get(258, 8)
+    bits = max(bits) if isinstance(bits, tuple) else bits
+    return image.tag_v2.get(284, 1) == 2 and bits > 8
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as uint8 HxWx3 RGB, EXIF orientation applied.
 
@@ -108,6 +118,10 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"image {path}: file not found; fix: check the path")
     try:
         with Image.open(path) as opened:
+            if _pillow_misreads_tiff(opened):
+                array = _read_tiff_fallback(path)
+                if array is not None:
+                    return _rgb_from_array(np.asarray(array), path)
             image = ImageOps.exif_transpose(opened)
             image.load()
             mode = image.mode
@@ -139,6 +153,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise DataError(f"image {path}: file not found; fix: check the path")
     try:
         with Image.open(path) as image:
+            if image.format == "TIFF":  # Pillow may orient a TIFF on opening: measure the oriented image
+                if _pillow_misreads_tiff(image):
+                    return read_image(path).shape[:2]
+                width, height = ImageOps.exif_transpose(image).size
+                return height, width
             width, height = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except _PIL_ERRORS as error:
@@ -311,9 +330,10 @@ def read_mask(path: str | Path, binary_class: int | None = None, *, pseudo: bool
         return np.ascontiguousarray(array, dtype=np.uint8)
     if present <= {0, IGNORE_INDEX}:
         raise DataError(f"{kind} {path}: looks like a binary 0/255 mask; {_BINARY_FIX}")
+    # 255 beside values that are no code: a binary mask, whose anti-aliased edges may pass through 1..3
     hint = (
         f"if it is a binary (0/255, anti-aliased) mask, {_BINARY_FIX}"
-        if not has_classes
+        if not has_classes or IGNORE_INDEX in present
         else f"save class codes 0 {CLASS_NAMES[0]}, 1 {CLASS_NAMES[1]}, 2 {CLASS_NAMES[2]}, 3 {CLASS_NAMES[3]}, {IGNORE_INDEX} ignore"
     )
     raise DataError(

@@ -15,7 +15,7 @@ import json
 from typing import Callable
 
 from torch import nn
-from transformers import Dinov2Config, SegformerConfig
+from transformers import AutoConfig, SegformerConfig
 
 from ssl_seg import NUM_CLASSES
 from ssl_seg.models.dinov2 import Dinov2Segmenter, tiny_dinov2_config
@@ -48,6 +48,8 @@ def _dinov2(num_classes: int, pretrained: str | None, local_files_only: bool) ->
 
 
 def _dinov2_tiny(num_classes: int, pretrained: str | None, local_files_only: bool) -> nn.Module:
+    if pretrained is not None:
+        raise ModelLoadError("model 'dinov2-tiny' is a random test-sized model; with --pretrained use --model dinov2")
     return Dinov2Segmenter.from_config(tiny_dinov2_config(), num_classes)
 
 
@@ -78,7 +80,9 @@ def model_from_spec(spec: dict) -> nn.Module:
     """Rebuild an untrained model of the same shape as the one ``spec`` describes (no download)."""
     config = json.loads(spec["hf_config"])
     if spec["family"] == "dinov2":
-        return Dinov2Segmenter.from_config(Dinov2Config.from_dict(config), spec["num_classes"])
+        # the config's own model_type: DINOv2 with registers rebuilds with its register tokens
+        return Dinov2Segmenter.from_config(AutoConfig.for_model(config.pop("model_type", "dinov2"), **config),
+                                           spec["num_classes"])
     return SegformerSegmenter.from_config(SegformerConfig.from_dict(config))
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Dinov2Config, Dinov2Model
+from transformers import AutoModel, Dinov2Config, PretrainedConfig
 
-from ssl_seg.models.hub import load_pretrained
+from ssl_seg.models.hub import ModelLoadError, load_pretrained
+
+# plain DINOv2 and DINOv2 with registers (facebook/dinov2-with-registers-*): AutoModel picks the class
+DINOV2_TYPES = ("dinov2", "dinov2_with_registers")
 from ssl_seg.models.segformer import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -20,7 +23,7 @@ def tiny_dinov2_config() -> Dinov2Config:
 class Dinov2Segmenter(nn.Module):
     """Patch features of the last layer -> BN + 3x3 conv + 1x1 conv -> bilinear upsampling."""
 
-    def __init__(self, backbone: Dinov2Model, num_classes: int, head_channels: int = 256):
+    def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 256):
         super().__init__()
         self.backbone = backbone
         # Only masked-image pretraining uses the mask token; segmentation never does.
@@ -37,7 +40,7 @@ class Dinov2Segmenter(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
-    def hf_config(self) -> Dinov2Config:
+    def hf_config(self) -> PretrainedConfig:
         return self.backbone.config
 
     @property
@@ -64,9 +67,14 @@ class Dinov2Segmenter(nn.Module):
         ]
 
     @classmethod
-    def from_config(cls, config: Dinov2Config, num_classes: int) -> "Dinov2Segmenter":
-        return cls(Dinov2Model(config), num_classes)
+    def from_config(cls, config: PretrainedConfig, num_classes: int) -> "Dinov2Segmenter":
+        return cls(AutoModel.from_config(config), num_classes)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, num_classes: int, local_files_only: bool = False):
-        return cls(load_pretrained(Dinov2Model, name_or_dir, local_files_only=local_files_only), num_classes)
+        backbone = load_pretrained(AutoModel, name_or_dir, local_files_only=local_files_only)
+        if backbone.config.model_type not in DINOV2_TYPES:
+            raise ModelLoadError(f"{name_or_dir} holds a {backbone.config.model_type} model, not DINOv2: pass e.g. "
+                                 "facebook/dinov2-base or a folder saved from a DINOv2 model")
+        # weights saved in bf16/fp16 load in that dtype: training keeps float32 weights
+        return cls(backbone.float(), num_classes)

@@ -26,7 +26,9 @@ def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, **
     try:
         return cls.from_pretrained(str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir,
                                    local_files_only=local_files_only, **kwargs)
-    except (OSError, ValueError) as exc:
+    # Besides OSError and ValueError, loaders raise their own types (a truncated safetensors file, a
+    # config of another model family): every one becomes one line.
+    except Exception as exc:
         if looks_local:
             fix = "check the folder holds config.json and the weights written by save_pretrained()"
         else:
