@@ -35,6 +35,13 @@ def test_yaml_values_are_checked_like_flags(tmp_path):
         load_config(config)
 
 
+def test_flags_override_yaml_and_set_overrides_both(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("steps: 5\nlr: 0.01\nseed: 3\n")
+    cfg = apply_overrides(load_config(config, {"steps": 7, "lr": 0.02}), ["lr=0.03"])  # as the CLI does
+    assert (cfg.steps, cfg.lr, cfg.seed, cfg.batch_size) == (7, 0.03, 3, TrainConfig().batch_size)
+
+
 def test_invalid_yaml_names_the_file_and_line(tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text("steps: 10\nlr: [1\n")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from ssl_seg.data.io import read_mask
@@ -23,7 +24,12 @@ def test_demo_runs_both_arms(tmp_path, capsys, pretrain_steps):
 
     assert list(results) == ["supervised", "teacher (4 steps)", "semi-supervised"]
     for scores in results.values():
-        assert 0.0 <= scores["micro_jaccard_macerals"] <= scores["micro_jaccard_all"] <= 1.0
+        assert 0.0 <= scores["micro_jaccard_macerals"] <= 1.0 and 0.0 <= scores["micro_jaccard_all"] <= 1.0
+    # equal total steps: the supervised arm trains them all; teacher + student pretrain (+ fine-tune) share them
+    step = {run.name: torch.load(run / "latest.pth", weights_only=True)["step"]
+            for run in (tmp_path / "out" / "runs").iterdir()}
+    assert step["supervised"] == 8 and step["teacher"] == 4 and step["student_pretrain"] == pretrain_steps
+    assert step["teacher"] + step["student_pretrain"] + step.get("student", 0) == 8
     printed = capsys.readouterr().out
     assert "semi-supervised" in printed and "teacher (4 steps)" in printed
     out = tmp_path / "out"

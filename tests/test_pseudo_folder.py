@@ -2,6 +2,7 @@
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,52 @@ def test_felzenszwalb_superpixels(setup, tmp_path):
                          **{**FAST, "refine": "superpixel", "superpixel_method": "felzenszwalb"})
     manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
     assert stats["done"] == 5 and manifest["refiner"] == "superpixel-felzenszwalb"
+
+
+def test_masks_and_confidence_are_the_teachers(setup, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ssl_seg.data.io import read_image
+    from ssl_seg.inference import predict_image
+    from ssl_seg.train.checkpoint import load_model
+
+    teacher, images = setup
+    model, _ = load_model(teacher)
+    predicted = {path.stem: predict_image(model, read_image(path), torch.device("cpu"), tile_size=64)
+                 for path in sorted(images.iterdir())}
+    # a 1-step teacher is nearly uniform: a threshold at its median confidence keeps half the pixels
+    threshold = float(np.median(np.concatenate([c.ravel() for _, c in predicted.values()])))
+    pseudo_label(teacher, images, tmp_path / "pl", **{**FAST, "threshold": threshold})
+    classes = set()
+    for stem, (labels, confidence) in predicted.items():
+        classes |= set(np.unique(labels[confidence >= threshold]).tolist())
+        mask = np.asarray(Image.open(tmp_path / "pl" / "masks" / f"{stem}.png"))
+        np.testing.assert_array_equal(mask, np.where(confidence >= threshold, labels, 255))
+        saved = np.asarray(Image.open(tmp_path / "pl" / "confidence" / f"{stem}.png")).astype(int)
+        assert np.abs(saved - np.round(confidence * 255)).max() <= 1
+    assert len(classes) > 1, "precondition: the teacher labels more than one class"
+
+
+def test_entry_is_written_after_mask_and_confidence(setup, tmp_path, monkeypatch):
+    import ssl_seg.pseudo.run as run
+
+    teacher, images = setup
+    real_save_png, calls = run.save_png, []
+
+    def save_png_then_fail(path, array):  # the 3rd PNG (the 2nd image's mask) fails, as a kill mid-image would
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_save_png(path, array)
+
+    monkeypatch.setattr(run, "save_png", save_png_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        pseudo_label(teacher, images, tmp_path / "pl", **FAST)
+    entries = list((tmp_path / "pl" / "entries").glob("[!.]*.json"))
+    failed = Path(calls[2]).stem
+    assert entries and failed not in {entry.stem for entry in entries}  # the image whose mask failed is not done
+    for entry in entries:
+        assert (tmp_path / "pl" / "masks" / f"{entry.stem}.png").is_file()
+        assert (tmp_path / "pl" / "confidence" / f"{entry.stem}.png").is_file()

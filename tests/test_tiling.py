@@ -112,3 +112,13 @@ def test_random_crop_aligns_image_and_mask_and_varies() -> None:
     assert none is None and image_crop.shape == (20, 20, 3)
     with pytest.raises(ValueError):
         random_crop(image, values[:10], 20, rng)
+
+
+@pytest.mark.parametrize("tta", [1, 2, 8])
+def test_tta_views_are_mapped_back(tta: int) -> None:
+    from ssl_seg.inference import predict_proba
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1)  # pixel-wise, so equivariant to flips and turns: TTA must change nothing
+    x = torch.rand(1, 3, 40, 56)
+    torch.testing.assert_close(predict_proba(model, x, tile_size=64, tta=tta), model(x).softmax(1))

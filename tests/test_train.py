@@ -86,6 +86,13 @@ def test_resume_reads_the_run_from_latest_and_refuses_other_settings(dataset, tm
     assert state["step"] == 6 and state["model_spec"]["family"] == "dinov2"
 
 
+def test_resume_under_another_command_is_refused(dataset, tmp_path):
+    train(load_config(None, {**TINY, "steps": 4}), dataset, tmp_path / "run", progress=False, stop_after=2)
+    with pytest.raises(TrainError, match="is a finetune run; resume it with that command"):
+        train(load_config(None, {**TINY, "steps": 4}), dataset, tmp_path / "run", mode="pretrain", progress=False,
+              resume=True)
+
+
 def test_refuses_to_overwrite_a_run(dataset, tmp_path):
     cfg = load_config(None, {**TINY, "steps": 2})
     train(cfg, dataset, tmp_path / "run", progress=False)
@@ -126,7 +133,12 @@ def test_pseudo_label_then_pretrain(dataset, tmp_path):
     assert "micro_jaccard_macerals" in summary
     scalars, _ = tags(tmp_path / "student")
     assert {"train/loss_pseudo", "train/loss_x", "train/loss_consistency", "train/mask_ratio",
-            "eval_teacher/micro_jaccard_macerals", "eval/micro_jaccard_macerals"} <= scalars
+            "time/teacher_s_per_step", "eval_teacher/micro_jaccard_macerals", "eval/micro_jaccard_macerals"} <= scalars
+    events = EventAccumulator(str(tmp_path / "pl" / "tb" / "shard0"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    assert {"pseudo/confident_fraction", "pseudo/changed_pixels", "pseudo/class_fraction/liptinite"} <= set(
+        events.Tags()["scalars"])
+    assert {"pseudo/overlay_0", "pseudo/class_histogram"} <= set(events.Tags()["images"])
+    assert "pseudo/confidence" in events.Tags()["histograms"]
 
 
 def test_pretrain_without_pseudo_labels_learns_the_unlabeled_images_online(dataset, tmp_path):
@@ -252,3 +264,38 @@ def test_mean_teacher_predicts_in_eval_mode(dataset, tmp_path):
     no_grad = [training for grad, training in calls if not grad]  # the EMA teacher and validation
     assert len(student) == 4 and all(student)
     assert len(no_grad) > 4 and not any(no_grad)
+
+
+def test_mean_teacher_is_updated_every_step(dataset, tmp_path):
+    train(load_config(None, {**TINY, "steps": 2}), dataset, tmp_path / "teacher", progress=False)
+    cfg = load_config(None, {**TINY, "steps": 3, "labeled_ratio": 0.5, "init": str(tmp_path / "teacher" / "latest.pth")})
+    train(cfg, dataset, tmp_path / "student", mode="pretrain", progress=False)
+    state = torch.load(tmp_path / "student" / "latest.pth", weights_only=True)
+    assert int(state["ema"]["n_averaged"]) == 3
+    start = torch.load(tmp_path / "teacher" / "latest.pth", weights_only=True)["model"]
+    assert any(not torch.equal(state["ema"][f"module.{k}"], v) for k, v in start.items() if v.is_floating_point())
+
+
+def test_consistency_leaves_out_padding(dataset, tmp_path, monkeypatch):
+    import ssl_seg.train.trainer as trainer
+
+    steps, real_cutmix, real_loss = [], trainer.cutmix, trainer.masked_cross_entropy
+
+    def cutmix(*args, **kwargs):
+        mixed = real_cutmix(*args, **kwargs)
+        steps.append({"inside": mixed[-1].clone()})
+        return mixed
+
+    def masked_cross_entropy(logits, target, keep):
+        steps[-1]["keep"] = keep.clone()
+        return real_loss(logits, target, keep)
+
+    monkeypatch.setattr(trainer, "cutmix", cutmix)
+    monkeypatch.setattr(trainer, "masked_cross_entropy", masked_cross_entropy)
+    # 72x96 images in 96x96 crops: a quarter of each unlabeled crop is padding
+    cfg = load_config(None, {**TINY, "steps": 4, "tile_size": 96, "labeled_ratio": 0.5, "consistency_threshold": 0.0})
+    train(cfg, dataset, tmp_path / "online", mode="pretrain", progress=False)
+    assert len(steps) == 4 and all((step["inside"] == 0).any() for step in steps)
+    for step in steps:
+        assert not step["keep"][step["inside"] == 0].any()
+        assert step["keep"][step["inside"] == 1].all()  # threshold 0: every other pixel counts
