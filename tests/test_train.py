@@ -45,6 +45,13 @@ def test_finetune_predict_evaluate(dataset, tmp_path):
     assert len(written) == 2
     pred = np.load(written[0])
     assert pred.dtype == np.uint8 and pred.shape == (72, 96) and pred.max() <= 3
+    from ssl_seg.data.io import read_image
+    from ssl_seg.inference import predict_image
+    from ssl_seg.train.checkpoint import load_model
+
+    model, _ = load_model(tmp_path / "run")
+    image = read_image(next(p for p in (dataset / "test").iterdir() if p.stem == written[0].name[:-len("_pred.npy")]))
+    np.testing.assert_array_equal(pred, predict_image(model, image, torch.device("cpu"), tile_size=64, tta=8)[0])
     assert len(list((tmp_path / "pred" / "overlays").glob("*.jpg"))) == 2
     result = evaluate_dirs(tmp_path / "pred", dataset / "test_answers")
     assert result["num_images"] == 2
@@ -91,6 +98,14 @@ def test_resume_under_another_command_is_refused(dataset, tmp_path):
     with pytest.raises(TrainError, match="is a finetune run; resume it with that command"):
         train(load_config(None, {**TINY, "steps": 4}), dataset, tmp_path / "run", mode="pretrain", progress=False,
               resume=True)
+
+
+def test_best_checkpoint_is_the_best_evaluation(dataset, tmp_path):
+    train(load_config(None, {**TINY, "steps": 8, "val_every": 2}), dataset, tmp_path / "run", progress=False)
+    scores = EventAccumulator(str(tmp_path / "run" / "tb")).Reload().Scalars("eval/micro_jaccard_macerals")
+    best = max(scores, key=lambda event: event.value)  # the first of equal scores, as training keeps it
+    assert len(scores) == 4
+    assert torch.load(tmp_path / "run" / "best.pth", weights_only=True)["step"] == best.step
 
 
 def test_refuses_to_overwrite_a_run(dataset, tmp_path):
