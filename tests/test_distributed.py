@@ -37,6 +37,11 @@ def test_ddp_finetune_and_resume(dataset, tmp_path):
     torchrun("finetune", "--data", str(dataset), "--out", str(run), *TINY, "--resume")
     state = torch.load(run / "latest.pth", weights_only=True)
     assert state["step"] == 4
+    # the resumed run equals an uninterrupted one, weight for weight (each rank goes on with its own draws)
+    torchrun("finetune", "--data", str(dataset), "--out", str(tmp_path / "full"), *TINY)
+    full = torch.load(tmp_path / "full" / "latest.pth", weights_only=True)
+    for key, value in full["model"].items():
+        torch.testing.assert_close(state["model"][key], value, rtol=0, atol=0, msg=key)
     # Only rank 0 writes: one event file per invocation, no stray per-rank folders.
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 2
     assert sorted(p.name for p in run.iterdir()) == ["best.pth", "latest.pth", "tb"]
