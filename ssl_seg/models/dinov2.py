@@ -7,10 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, Dinov2Config, PretrainedConfig
 
-from ssl_seg.models.hub import ModelLoadError, load_pretrained
-
-# plain DINOv2 and DINOv2 with registers (facebook/dinov2-with-registers-*): AutoModel picks the class
-DINOV2_TYPES = ("dinov2", "dinov2_with_registers")
+from ssl_seg.models.hub import load_pretrained
 from ssl_seg.models.segformer import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -72,9 +69,7 @@ class Dinov2Segmenter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, num_classes: int, local_files_only: bool = False):
-        backbone = load_pretrained(AutoModel, name_or_dir, local_files_only=local_files_only)
-        if backbone.config.model_type not in DINOV2_TYPES:
-            raise ModelLoadError(f"{name_or_dir} holds a {backbone.config.model_type} model, not DINOv2: pass e.g. "
-                                 "facebook/dinov2-base or a folder saved from a DINOv2 model")
+        # AutoModel picks Dinov2Model or Dinov2WithRegistersModel from the config
+        backbone = load_pretrained(AutoModel, name_or_dir, local_files_only=local_files_only, family="DINOv2")
         # weights saved in bf16/fp16 load in that dtype: training keeps float32 weights
         return cls(backbone.float(), num_classes)

@@ -9,8 +9,19 @@ class ModelLoadError(ValueError):
     """A model or its weights could not be found; the message says how to get them."""
 
 
-def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, **kwargs):
+# family -> (config model types it accepts, an example hub id): transformers loads a folder of another
+# family with random weights in place of the ones whose names differ, so the family is checked
+FAMILIES = {
+    "SAM": (("sam",), "facebook/sam-vit-base"),
+    "DINOv2": (("dinov2", "dinov2_with_registers"), "facebook/dinov2-base"),
+    "SegFormer": (("segformer",), "nvidia/mit-b5"),
+}
+
+
+def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, family: str | None = None, **kwargs):
     """``cls.from_pretrained`` that turns "not found / offline" into one actionable line.
+
+    ``family`` (a key of ``FAMILIES``) refuses, in one line, a model of another family.
 
     Example:
         >>> from transformers import Dinov2Model
@@ -24,8 +35,8 @@ def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, **
         raise ModelLoadError(f"cannot load {cls.__name__}: '{name_or_dir}' is not a folder; pass the folder "
                              "written by save_pretrained() (config.json + weights) or a hub id")
     try:
-        return cls.from_pretrained(str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir,
-                                   local_files_only=local_files_only, **kwargs)
+        model = cls.from_pretrained(str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir,
+                                    local_files_only=local_files_only, **kwargs)
     # Besides OSError and ValueError, loaders raise their own types (a truncated safetensors file, a
     # config of another model family): every one becomes one line.
     except Exception as exc:
@@ -36,3 +47,7 @@ def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, **
                    "and pass that folder instead")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {cls.__name__} from '{name_or_dir}' ({first[:160]}); {fix}") from exc
+    if family is not None and model.config.model_type not in FAMILIES[family][0]:
+        raise ModelLoadError(f"{name_or_dir} holds a {model.config.model_type} model, not {family}: pass e.g. "
+                             f"{FAMILIES[family][1]} or a folder saved from a {family} model")
+    return model

@@ -36,7 +36,7 @@ from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
 from ssl_seg import IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.models.hub import ModelLoadError, load_pretrained
+from ssl_seg.models.hub import load_pretrained
 from ssl_seg.pseudo.refine import as_rgb, check_teacher_maps, threshold_labels
 
 # SAM normalises with the ImageNet statistics (SamImageProcessor defaults).
@@ -229,12 +229,7 @@ class SamRefiner:
         """
         from transformers import SamModel, SamProcessor
 
-        model = load_pretrained(SamModel, name_or_dir, local_files_only=local_files_only)
-        if model.config.model_type != "sam":  # transformers would load the foreign weights' names as random SAM weights
-            raise ModelLoadError(
-                f"{name_or_dir} holds a {model.config.model_type} model, not SAM: "
-                "pass e.g. facebook/sam-vit-base or a folder saved from a SAM model"
-            )
+        model = load_pretrained(SamModel, name_or_dir, local_files_only=local_files_only, family="SAM")
         local = Path(name_or_dir).expanduser()
         try:  # the fast path needs no processor; the naive reference builds one when absent
             processor = SamProcessor.from_pretrained(

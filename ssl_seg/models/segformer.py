@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-from ssl_seg.models.hub import ModelLoadError, load_pretrained
+from ssl_seg.models.hub import load_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,9 +56,6 @@ class SegformerSegmenter(nn.Module):
         # nvidia/mit-b* are encoder-only checkpoints: the decode head starts random.
         model = load_pretrained(
             SegformerForSemanticSegmentation, name_or_dir, local_files_only=local_files_only,
-            num_labels=num_classes, ignore_mismatched_sizes=True,
+            num_labels=num_classes, ignore_mismatched_sizes=True, family="SegFormer",
         )
-        if model.config.model_type != "segformer":
-            raise ModelLoadError(f"{name_or_dir} holds a {model.config.model_type} model, not SegFormer: pass e.g. "
-                                 "nvidia/mit-b5 or a folder saved from a SegFormer model")
         return cls(model.float())  # weights saved in bf16/fp16 load in that dtype: training keeps float32

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_seg import IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.models.hub import ModelLoadError, load_pretrained
+from ssl_seg.models.hub import load_pretrained
 from ssl_seg.pseudo.refine import as_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,12 +81,7 @@ class Dinov2FeatureTeacher:
         from transformers import AutoModel
 
         # AutoModel picks Dinov2Model or Dinov2WithRegistersModel from the config.
-        model = load_pretrained(AutoModel, name_or_dir, local_files_only=local_files_only)
-        if not model.config.model_type.startswith("dinov2"):
-            raise ModelLoadError(
-                f"{name_or_dir} holds a {model.config.model_type} model, not DINOv2: "
-                "pass e.g. facebook/dinov2-small or a folder saved from a DINOv2 model"
-            )
+        model = load_pretrained(AutoModel, name_or_dir, local_files_only=local_files_only, family="DINOv2")
         return cls(model, device=device, **kwargs)
 
     @property

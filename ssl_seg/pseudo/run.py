@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from ssl_seg.data.io import DataError, overlay, read_image, remove_stale_temporaries, save_json, save_png
-from ssl_seg.data.layout import discover
+from ssl_seg.data.layout import discover, validate
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
 from ssl_seg.predict import decoded_images
@@ -49,12 +49,10 @@ def labeled_pairs(labeled: str, binary_class: str | None = None):
     """(image, mask) of every labeled sample of a dataset, each mask checked against its image."""
     from ssl_seg import class_code
 
-    for sample in discover(labeled, binary_class=class_code(binary_class) if binary_class else None).labeled:
-        image, mask = read_image(sample.image), sample.read_mask()
-        if mask.shape != image.shape[:2]:
-            raise DataError(f"mask {sample.mask}: size {mask.shape[0]}x{mask.shape[1]} but image {sample.image} is "
-                            f"{image.shape[0]}x{image.shape[1]}; fix: give the mask the image's size")
-        yield image, mask
+    index = discover(labeled, binary_class=class_code(binary_class) if binary_class else None)
+    validate(index)
+    for sample in index.labeled:
+        yield read_image(sample.image), sample.read_mask()
 
 
 def load_feature_teacher(dinov2: str, labeled: str | None, local_files_only: bool, device,
