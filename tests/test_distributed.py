@@ -14,10 +14,35 @@ TINY = ["--steps", "4", "--batch-size", "2", "--tile-size", "64", "--num-workers
         "--set", "val_every=2", "log_every=1", "warmup_steps=1"]
 
 
-def torchrun(*args, timeout=240):
+# Run by torchrun in each rank: fine-tune through the CLI, then print how far the ranks' weights
+# lie apart, and how far training moved them.
+RANKS_IN_SYNC = """
+import sys
+import torch
+import torch.distributed as dist
+from ssl_seg import cli
+from ssl_seg.train import trainer
+
+built, build_model = [], trainer.build_model
+trainer.build_model = lambda *args, **kwargs: built.append(build_model(*args, **kwargs)) or built[-1]
+flat = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])
+torch.manual_seed(int(sys.argv[sys.argv.index("--seed") + 1]))
+initial = flat(build_model("segformer-tiny", 4))
+assert cli.main(sys.argv[1:]) == 0
+weights = flat(built[0])
+gathered = [torch.empty_like(weights) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, weights)
+if dist.get_rank() == 0:
+    print("between ranks", float((gathered[0] - gathered[1]).abs().max()))
+    print("moved by training", float((weights - initial).abs().max()))
+"""
+
+
+def torchrun(*args, timeout=240, script=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    target = [str(script)] if script else ["-m", "ssl_seg"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "ssl_seg", *args]
+               *target, *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -45,6 +70,17 @@ def test_ddp_finetune_and_resume(dataset, tmp_path):
     # Only rank 0 writes: one event file per invocation, no stray per-rank folders.
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 2
     assert sorted(p.name for p in run.iterdir()) == ["best.pth", "latest.pth", "tb"]
+
+
+def test_ddp_ranks_stay_in_sync(dataset, tmp_path):
+    # Each rank draws other crops; only averaged gradients keep their weights bit-identical.
+    script = tmp_path / "ranks_in_sync.py"
+    script.write_text(RANKS_IN_SYNC)
+    done = torchrun("finetune", "--data", str(dataset), "--out", str(tmp_path / "run"), "--model",
+                    "segformer-tiny", "--seed", "3", *TINY, script=script)
+    printed = dict(line.rsplit(" ", 1) for line in done.stdout.splitlines() if line.startswith(("between", "moved")))
+    assert float(printed["between ranks"]) == 0.0
+    assert float(printed["moved by training"]) > 1e-4
 
 
 def test_ddp_pseudo_label_merges_one_manifest(dataset, tmp_path):
