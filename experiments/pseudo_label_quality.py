@@ -22,18 +22,17 @@ from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from ssl_seg.data.io import image_size, read_mask, save_json
 from ssl_seg.data.layout import list_images
 from ssl_seg.data.synthetic import dataset_magnification, write_dataset
+from ssl_seg.metrics import MACERAL_LABELS, micro_jaccard
 
 
 def quality(confusion: np.ndarray, truth_counts: np.ndarray) -> dict:
     """``confusion[t, p]`` over pseudo-labelled pixels; ``truth_counts`` over all pixels."""
     predicted = confusion.sum(0)
     correct = np.diag(confusion)
-    fg = slice(1, NUM_CLASSES)
-    union = confusion[fg, :].sum() + confusion[:, fg].sum() - confusion[fg, fg].sum()
     return {
         "labelled_fraction": float(confusion.sum() / truth_counts.sum()),
         "confusion": confusion.tolist(),  # [truth][pseudo] pixel counts
-        "foreground_micro_jaccard": float(np.trace(confusion[fg, fg]) / max(union, 1)),
+        "foreground_micro_jaccard": micro_jaccard(confusion, MACERAL_LABELS),
         "classes": {name: {"share_pseudo": float(predicted[c] / max(predicted.sum(), 1)),
                            "share_truth": float(truth_counts[c] / truth_counts.sum()),
                            "precision": float(correct[c] / max(predicted[c], 1)),
