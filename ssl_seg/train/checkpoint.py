@@ -39,16 +39,9 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu", weights: str = "model") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model of a checkpoint (no download needed) in eval mode.
-
-    ``weights`` is "model" (the trained network) or "ema" (its exponential moving average).
-    """
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the trained model of a checkpoint (no download needed) in eval mode."""
     state = load_checkpoint(path)
     model = model_from_spec(state["model_spec"])
-    if weights == "ema" and state.get("ema"):
-        prefix = "module."
-        model.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
-    else:
-        model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"])
     return model.to(device).eval(), state
