@@ -96,10 +96,14 @@ def cutmix(images: torch.Tensor, *maps: torch.Tensor, prob: float = 0.5, area: t
 
 
 class TrainAugment(nn.Module):
-    """The training-time augmentation: shared geometry, then weak and strong photometric views."""
+    """The training-time augmentation: shared geometry, then the teacher's weak and the student's
+    photometric views. ``student_jitter="weak"`` draws the student's view with the weak jitter too
+    (another draw of it): strong colour jitter blurs reflectance, the cue that tells macerals apart."""
 
-    def __init__(self, degrees: float = 20.0, scale: tuple[float, float] = (0.75, 1.3)):
+    def __init__(self, degrees: float = 20.0, scale: tuple[float, float] = (0.75, 1.3), student_jitter: str = "strong"):
         super().__init__()
+        if student_jitter not in ("strong", "weak"):
+            raise ValueError(f"student_jitter must be strong or weak, not {student_jitter!r}")
         self.geometric = GeometricAugment(degrees, scale)
         self.weak = photometric("weak")
-        self.strong = photometric("strong")
+        self.strong = photometric(student_jitter)

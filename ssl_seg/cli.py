@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 8])
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--overlays", action="store_true", help="also write colour overlays to OUT/overlays/")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep the masks already in --out (finishes an interrupted run of the same checkpoint)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -156,19 +158,21 @@ def run(args: argparse.Namespace) -> int:
         if summary:
             print(f"final eval: micro Jaccard macerals {summary['micro_jaccard_macerals']:.4f}, "
                   f"all classes {summary['micro_jaccard_all']:.4f}")
-        print(f"checkpoints: {Path(args.out) / 'best.pth'}, {Path(args.out) / 'latest.pth'}")
+        written = [str(Path(args.out) / name) for name in ("best.pth", "latest.pth") if (Path(args.out) / name).is_file()]
+        print(f"checkpoints: {', '.join(written)}")
         print(f"watch: tensorboard --logdir {Path(args.out) / 'tb'}")
     elif args.command == "pseudo-label":
         from ssl_seg.pseudo.run import pseudo_label
 
-        from ssl_seg.config import apply_overrides, load_config
+        from ssl_seg.config import apply_overrides, check_config, load_config
 
         flags = {"refine": args.refine, "sam": args.sam, "superpixel_method": args.superpixel,
                  "dinov2_features": args.dinov2, "device": args.device,
                  "pseudo_threshold": args.threshold, "pseudo_class_balance": args.class_balance,
                  "tta": args.tta, "infer_tile_size": args.tile_size,
                  "local_files_only": args.local_files_only, "binary_class": args.binary_class}
-        cfg = apply_overrides(load_config(args.config, {k: v for k, v in flags.items() if v is not None}), args.set)
+        cfg = check_config(apply_overrides(load_config(args.config, {k: v for k, v in flags.items() if v is not None}),
+                                           args.set))
         try:
             shard_index, shard_count = (int(v) for v in args.shard.split("/"))
         except ValueError:
@@ -185,13 +189,15 @@ def run(args: argparse.Namespace) -> int:
         from ssl_seg.predict import predict_folder
 
         written = predict_folder(args.checkpoint, args.images, args.out, args.tile_size, args.tta, args.overlays,
-                                 args.device, progress=not args.no_progress)
+                                 args.device, skip_existing=args.skip_existing, progress=not args.no_progress)
         print(f"wrote {len(written)} masks to {args.out}")
     elif args.command == "evaluate":
         from ssl_seg import class_code
         from ssl_seg.data.io import save_json
         from ssl_seg.evaluate import evaluate_dirs, format_report
 
+        if args.json and Path(args.json).is_dir():
+            raise ValueError(f"--json {args.json} is a folder; name a file, e.g. {Path(args.json) / 'scores.json'}")
         binary = class_code(args.binary_class) if args.binary_class else None
         result = evaluate_dirs(args.pred, args.labels, binary_class=binary)
         print(format_report(result))
@@ -234,8 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssl-seg {args.command}: error: {where}{exc.strerror or exc}; fix: check the path, its permissions "
               "and free space", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"ssl-seg {args.command}: interrupted; rerun the same command to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        how = {"finetune": "add --resume to the same command to continue from the last saved step",
+               "pretrain": "add --resume to the same command to continue from the last saved step",
+               "predict": "add --skip-existing to the same command to keep the masks already written"
+               }.get(args.command, "rerun the same command to continue")
+        done = f" ({exc})" if str(exc) else ""
+        print(f"ssl-seg {args.command}: interrupted{done}; {how}", file=sys.stderr)
         return 130
 
 

@@ -42,6 +42,7 @@ class TrainConfig:
     consistency_weight: float = 1.0
     consistency_threshold: float = 0.9     # EMA-teacher confidence below which pixels are left out
     cutmix_prob: float = 0.5
+    student_jitter: str = "strong"         # strong | weak: colour jitter of the student's view of unlabeled crops
     ema_decay: float = 0.99
     # pseudo-labelling (``pseudo-label`` command)
     refine: str = "superpixel"             # none | superpixel | sam
@@ -138,4 +139,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         cfg = apply_overrides(cfg, data)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+# (key, test, what the value must be): checked before a run writes anything, so that a bad
+# value fails in a second with one line instead of after hours of training.
+_CHECKS = (
+    ("steps", lambda v: v >= 1, "at least 1"),
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("tile_size", lambda v: v >= 32, "at least 32 pixels"),
+    ("infer_tile_size", lambda v: v >= 32, "at least 32 pixels"),
+    ("lr", lambda v: v > 0, "positive"),
+    ("weight_decay", lambda v: v >= 0, "0 or more"),
+    ("warmup_steps", lambda v: v >= 0, "0 or more"),
+    ("backbone_lr_scale", lambda v: v > 0, "positive"),
+    ("class_weights", lambda v: v in ("inverse_sqrt", "inverse", "none"), "inverse_sqrt, inverse or none"),
+    ("dice_weight", lambda v: v >= 0, "0 or more"),
+    ("labeled_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("consistency_weight", lambda v: v >= 0, "0 or more"),
+    ("consistency_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("cutmix_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("student_jitter", lambda v: v in ("strong", "weak"), "strong or weak"),
+    ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("refine", lambda v: v in ("none", "superpixel", "sam"), "none, superpixel or sam"),
+    ("superpixel_method", lambda v: v in ("slic", "felzenszwalb"), "slic or felzenszwalb"),
+    ("pseudo_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("pseudo_class_balance", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("tta", lambda v: v in (1, 2, 8), "1, 2 or 8"),
+    ("val_tta", lambda v: v in (1, 2, 8), "1, 2 or 8"),
+    ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("val_every", lambda v: v >= 1, "at least 1"),
+    ("log_every", lambda v: v >= 1, "at least 1"),
+    ("image_every", lambda v: v >= 1, "at least 1"),
+    ("num_workers", lambda v: v >= 0, "0 or more"),
+)
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Refuse values no run can use (ValueError naming the key); returns ``cfg``.
+
+    >>> check_config(TrainConfig(val_every=0))
+    Traceback (most recent call last):
+    ...
+    ValueError: config key 'val_every' must be at least 1, got 0; fix it in --set, the flags or the YAML
+    """
+    for key, ok, wanted in _CHECKS:
+        value = getattr(cfg, key)
+        if not ok(value):
+            raise ValueError(f"config key '{key}' must be {wanted}, got {value!r}; fix it in --set, the flags or the YAML")
     return cfg

@@ -40,6 +40,8 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
                    tta: int = 1, overlays: bool = False, device: str = "auto", workers: int = 2,
                    skip_existing: bool = False, progress: bool = True) -> list[Path]:
     """Write ``<id>_pred.npy`` (uint8, the image's full shape, values 0..3) for every image."""
+    if tile_size < 32:
+        raise ValueError(f"--tile-size must be at least 32 pixels, got {tile_size}")
     device_ = resolve_device(device)
     model, _ = load_model(checkpoint, device_)
     paths = list_images(images)

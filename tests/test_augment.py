@@ -99,3 +99,14 @@ def test_ones_map_marks_the_pixels_inside_the_crop():
     _, out_masks, inside = aug(images, masks, torch.ones_like(images[:, 0]))
     assert set(inside.unique().tolist()) == {0.0, 1.0}
     assert torch.equal(inside == 0, out_masks == IGNORE_INDEX)
+
+
+def test_weak_student_jitter_stays_closer_to_the_image():
+    images = torch.rand(1, 3, 1, 1).expand(64, 3, 32, 32).contiguous()
+    torch.manual_seed(0)
+    strong = TrainAugment().strong(images).clamp(0, 1)
+    torch.manual_seed(0)
+    weak = TrainAugment(student_jitter="weak").strong(images).clamp(0, 1)
+    assert (weak - images).abs().mean() < 0.6 * (strong - images).abs().mean()
+    with pytest.raises(ValueError, match="strong or weak"):
+        TrainAugment(student_jitter="medium")

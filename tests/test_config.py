@@ -2,7 +2,7 @@
 
 import pytest
 
-from ssl_seg.config import apply_overrides, load_config, TrainConfig
+from ssl_seg.config import apply_overrides, check_config, load_config, TrainConfig
 
 
 @pytest.mark.parametrize("override, key, expected", [
@@ -48,3 +48,19 @@ def test_invalid_yaml_names_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"broken.yaml is not valid YAML at line \d") as error:
         load_config(config)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("override", ["steps=0", "batch_size=0", "tile_size=16", "lr=0", "val_every=0",
+                                      "log_every=0", "image_every=0", "val_tta=3", "tta=4", "val_fraction=1",
+                                      "val_fraction=2", "labeled_ratio=1.5", "consistency_threshold=-0.1",
+                                      "ema_decay=1", "class_weights=inverse_log", "refine=sam2",
+                                      "num_workers=-1", "cutmix_prob=2"])
+def test_values_no_run_can_use_are_refused(override):
+    key = override.split("=")[0]
+    cfg = apply_overrides(TrainConfig(), [override])
+    with pytest.raises(ValueError, match=f"config key '{key}' must be "):
+        check_config(cfg)
+
+
+def test_default_config_passes_its_own_check():
+    assert check_config(TrainConfig()) == TrainConfig()

@@ -65,3 +65,14 @@ def test_demo_config_rejects_unknown_keys_and_bad_budgets(tmp_path):
     over.write_text(yaml.safe_dump({**TINY, "pretrain_steps": 5}))
     with pytest.raises(ValueError, match="at most total_steps"):
         run_demo(tmp_path / "out", config=over, progress=False)
+
+
+def test_a_demo_folder_refuses_other_settings_but_not_other_arms(tmp_path):
+    from ssl_seg.demo import _check_same_demo
+
+    _check_same_demo(tmp_path, 0, DemoConfig(labeled=3))
+    _check_same_demo(tmp_path, 0, DemoConfig(labeled=3, oracle=True, num_workers=0))  # adds an arm: resumes
+    with pytest.raises(ValueError, match=r"other settings \(labeled 3 -> 6\)"):
+        _check_same_demo(tmp_path, 0, DemoConfig(labeled=6))
+    with pytest.raises(ValueError, match=r"seed 0 -> 1"):
+        _check_same_demo(tmp_path, 1, DemoConfig(labeled=3))

@@ -196,3 +196,12 @@ def test_binary_classes_csv_with_unknown_id_refused(tmp_path):
     (tmp_path / "l" / "binary_classes.csv").write_text("id,class\nnot_there,vitrinite\n")
     with pytest.raises(DataError, match="binary_classes.csv:2"):
         evaluate_dirs(tmp_path / "p", tmp_path / "l")
+
+
+def test_cli_json_naming_a_folder_is_refused_before_scoring(tmp_path, capsys):
+    from ssl_seg.cli import main
+
+    write_pair(tmp_path / "p", tmp_path / "l", "x0", *random_pair(np.random.default_rng(0), (16, 16)))
+    code = main(["evaluate", "--pred", str(tmp_path / "p"), "--labels", str(tmp_path / "l"), "--json", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2 and "is a folder" in captured.err and "micro Jaccard" not in captured.out

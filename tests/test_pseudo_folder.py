@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from ssl_seg.config import load_config
+from ssl_seg.data.io import DataError
 from ssl_seg.data.synthetic import write_dataset
 from ssl_seg.pseudo.run import merge_lock, merge_manifest, pseudo_label
-from ssl_seg.train.trainer import train
+from ssl_seg.train.trainer import TrainError, train
 
 FAST = {"tile_size": 64, "workers": 0, "progress": False, "refine": "none", "threshold": 0.0}
 
@@ -125,3 +126,46 @@ def test_entry_is_written_after_mask_and_confidence(setup, tmp_path, monkeypatch
     for entry in entries:
         assert (tmp_path / "pl" / "masks" / f"{entry.stem}.png").is_file()
         assert (tmp_path / "pl" / "confidence" / f"{entry.stem}.png").is_file()
+
+
+def test_a_run_that_finished_no_image_does_not_fix_the_settings(setup, tmp_path):
+    import shutil
+
+    teacher, images = setup
+    shutil.copytree(images, tmp_path / "images")
+    broken = sorted((tmp_path / "images").iterdir())[0]
+    saved = broken.read_bytes()
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=broken.name):
+        pseudo_label(teacher, tmp_path / "images", tmp_path / "pl", **{**FAST, "threshold": 0.9})
+    broken.write_bytes(saved)
+    assert pseudo_label(teacher, tmp_path / "images", tmp_path / "pl", **FAST)["done"] == 5
+
+
+def test_an_image_whose_mask_went_missing_is_labelled_again(setup, tmp_path):
+    teacher, images = setup
+    pseudo_label(teacher, images, tmp_path / "pl", **FAST)
+    lost = sorted((tmp_path / "pl" / "masks").iterdir())[0]
+    lost.unlink()
+    stats = pseudo_label(teacher, images, tmp_path / "pl", **FAST)
+    assert (stats["done"], stats["skipped"]) == (1, 4) and lost.is_file()
+
+
+def test_shards_of_another_teacher_are_refused(setup, tmp_path):
+    teacher, images = setup
+    train(load_config(None, {"steps": 1, "batch_size": 2, "tile_size": 64, "num_workers": 0, "val_every": 1,
+                             "seed": 1}), images.parent.parent, tmp_path / "other_teacher", progress=False)
+    pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
+    with pytest.raises(ValueError, match="other settings \\(teacher_sha256 "):
+        pseudo_label(tmp_path / "other_teacher", images, tmp_path / "pl", shard=(1, 2), **FAST)
+
+
+def test_pretrain_refuses_a_folder_with_unfinished_shards(setup, tmp_path):
+    teacher, images = setup
+    pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
+    cfg = load_config(None, {"steps": 1, "batch_size": 2, "tile_size": 64, "num_workers": 0, "labeled_ratio": 0.5,
+                             "pseudo_labels": str(tmp_path / "pl")})
+    with pytest.raises(TrainError, match="lists 3 of 5 images"):
+        train(cfg, images.parent.parent, tmp_path / "student", mode="pretrain", progress=False)
+    pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)
+    train(cfg, images.parent.parent, tmp_path / "student", mode="pretrain", progress=False)

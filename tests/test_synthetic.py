@@ -193,3 +193,13 @@ def test_rerun_with_another_magnification_is_refused(tmp_path):
         write_dataset(tmp_path, **arguments)
     with pytest.raises(ValueError, match="positive"):
         render_scene(np.random.default_rng(0), *SMALL, magnification=0.0)
+
+
+@pytest.mark.parametrize("second", [{"seed": 5}, {"labeled": 1}])
+def test_a_folder_holding_scenes_of_another_seed_or_count_is_refused(tmp_path, second):
+    write_dataset(tmp_path, labeled=2, unlabeled=0, test=1, size=SMALL, seed=0, progress=False)
+    before = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(ValueError, match="another --seed or larger counts"):
+        write_dataset(tmp_path, **{**dict(labeled=2, unlabeled=0, test=1, size=SMALL, seed=0, progress=False),
+                                   **second})
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == before

@@ -56,6 +56,14 @@ def test_finetune_predict_evaluate(dataset, tmp_path):
     result = evaluate_dirs(tmp_path / "pred", dataset / "test_answers")
     assert result["num_images"] == 2
 
+    # --skip-existing keeps finished masks: an interrupted run finishes without redoing them
+    kept, redone = written[0], written[1]
+    np.save(kept, np.full_like(pred, 3))  # marks the file: a redo would overwrite it
+    redone.unlink()
+    again = predict_folder(tmp_path / "run", dataset / "test", tmp_path / "pred", tile_size=64, skip_existing=True,
+                           progress=False, workers=0)
+    assert again == [redone] and (np.load(kept) == 3).all()
+
 
 def test_resume_equals_uninterrupted(dataset, tmp_path):
     cfg = load_config(None, {**TINY, "steps": 8, "val_every": 4})
@@ -191,6 +199,83 @@ def test_cli_error_from_a_dataloader_worker_is_one_line(dataset, tmp_path, capsy
     assert code == 2 and "\n" not in err and broken.name in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("flags", [["--set", "val_tta=3"], ["--set", "val_every=0"], ["--batch-size", "0"],
+                                   ["--steps", "-3"], ["--device", "tpu"], ["--stop-after", "0"]])
+def test_cli_refuses_bad_settings_before_writing_anything(dataset, tmp_path, capsys, flags):
+    code = main(["finetune", "--data", str(dataset), "--out", str(tmp_path / "run"), "--no-progress", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import ssl_seg.train.trainer as trainer
+
+    cfg = load_config(None, {**TINY, "steps": 8, "val_every": 8})
+    train(cfg, dataset, tmp_path / "full", progress=False)
+
+    original = trainer.TrainAugment
+
+    class CtrlCAtThirdStep(original):  # the user presses Ctrl-C while step 3 runs
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            geometric, calls = self.geometric, []
+            del self.geometric
+
+            def press_ctrl_c_at_third_step(*args):
+                calls.append(1)
+                if len(calls) == 3:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return geometric(*args)
+
+            self.geometric = press_ctrl_c_at_third_step
+
+    monkeypatch.setattr(trainer, "TrainAugment", CtrlCAtThirdStep)
+    argv = ["finetune", "--data", str(dataset), "--out", str(tmp_path / "split"), "--no-progress",
+            "--steps", "8", "--batch-size", "2", "--tile-size", "64", "--lr", "2e-3", "--num-workers", "0",
+            "--set", "val_every=8", "log_every=1", "image_every=3", "warmup_steps=1"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "stopped after step 3" in err and "add --resume" in err, err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before again
+    assert torch.load(tmp_path / "split" / "latest.pth", weights_only=True)["step"] == 3
+    monkeypatch.setattr(trainer, "TrainAugment", original)
+    assert main(argv + ["--resume"]) == 0
+    full = torch.load(tmp_path / "full" / "latest.pth", weights_only=True)
+    split = torch.load(tmp_path / "split" / "latest.pth", weights_only=True)
+    for key, value in full["model"].items():
+        torch.testing.assert_close(split["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_cli_lists_only_the_checkpoints_written(dataset, tmp_path, capsys):
+    code = main(["finetune", "--data", str(dataset), "--out", str(tmp_path / "run"), "--no-progress", "--steps", "6",
+                 "--stop-after", "2", "--batch-size", "2", "--tile-size", "64", "--num-workers", "0",
+                 "--set", "val_every=4"])
+    out = capsys.readouterr().out
+    assert code == 0 and "latest.pth" in out and "best.pth" not in out, out
+
+
+def test_resume_on_other_pseudo_labels_is_refused(dataset, tmp_path):
+    train(load_config(None, {**TINY, "steps": 2}), dataset, tmp_path / "teacher", progress=False)
+    for name, threshold in (("pl", 0.0), ("pl_other", 0.5)):
+        pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / name, threshold=threshold,
+                     refine="none", tile_size=64, workers=0, progress=False)
+    settings = {**TINY, "labeled_ratio": 0.5, "init": str(tmp_path / "teacher" / "best.pth")}
+    train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / "pl")}), dataset, tmp_path / "student",
+          mode="pretrain", progress=False, stop_after=1)
+    with pytest.raises(TrainError, match="other images or pseudo-labels"):
+        train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / "pl_other")}), dataset,
+              tmp_path / "student", mode="pretrain", progress=False, resume=True)
+    with pytest.raises(TrainError, match=r"pseudo-labels on \(now off\)"):
+        train(load_config(None, settings), dataset, tmp_path / "student", mode="pretrain", progress=False, resume=True)
+    train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / "pl")}), dataset, tmp_path / "student",
+          mode="pretrain", progress=False, resume=True)
+    assert torch.load(tmp_path / "student" / "latest.pth", weights_only=True)["step"] == TINY["steps"]
+
+
 def test_cli_module_entry_point(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ssl_seg", "synth", str(tmp_path / "d"), "--labeled", "1",
                            "--unlabeled", "1", "--test", "1", "--size", "64x64", "--no-progress"],
@@ -314,3 +399,13 @@ def test_consistency_leaves_out_padding(dataset, tmp_path, monkeypatch):
     for step in steps:
         assert not step["keep"][step["inside"] == 0].any()
         assert step["keep"][step["inside"] == 1].all()  # threshold 0: every other pixel counts
+
+
+def test_checkpoints_from_before_a_run_key_existed_resume_with_its_old_value(tmp_path):
+    from ssl_seg.config import TrainConfig
+    from ssl_seg.train.trainer import check_resumable
+
+    old = {"mode": "pretrain", "config": {"steps": 600}}  # written before student_jitter existed: strong
+    check_resumable(old, TrainConfig(student_jitter="strong"), "pretrain", tmp_path / "latest.pth")
+    with pytest.raises(TrainError, match=r"student_jitter strong \(now weak\)"):
+        check_resumable(old, TrainConfig(student_jitter="weak"), "pretrain", tmp_path / "latest.pth")

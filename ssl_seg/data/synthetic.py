@@ -764,6 +764,15 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
             mask_dir.mkdir(parents=True, exist_ok=True)
 
     taken: set[str] = set()
+    scene_ids = {split: [_scene_id(seed, SPLIT_CODES[split], index, taken) for index in range(count)]
+                 for split, count in counts.items()}
+    for split, (image_dir, _) in folders.items():
+        # another seed, or larger counts before, left scenes this call would not list: a mixed dataset
+        others = sorted(p.name for p in image_dir.glob("*.JPG") if p.stem not in set(scene_ids[split]))
+        if others:
+            raise DataError(f"{image_dir} holds {len(others)} scene(s) this call would not write (first {others[0]}), "
+                            "from another --seed or larger counts: write into a new folder, or rerun with the "
+                            "seed and counts used before")
     pixel_counts = np.zeros(NUM_CLASSES, np.int64)
     modes = {mode: 0 for mode in MODES}
     written = skipped = 0
@@ -772,7 +781,7 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
             code = SPLIT_CODES[split]
             image_dir, mask_dir = folders[split]
             for index in range(count):
-                scene_id = _scene_id(seed, code, index, taken)
+                scene_id = scene_ids[split][index]
                 mode = _scene_mode(seed, code, index)
                 modes[mode] += 1
                 image_path = image_dir / f"{scene_id}.JPG"

@@ -28,7 +28,7 @@ from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
 from ssl_seg.predict import decoded_images
 from ssl_seg.pseudo.refine import SUPERPIXEL_METHODS, class_balanced_confidence, superpixel_refine, threshold_labels
-from ssl_seg.train.checkpoint import load_model
+from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
 from ssl_seg.train.trainer import resolve_device, setup_distributed
 
 
@@ -128,14 +128,18 @@ def merge_lock(out: Path):
 
 
 def check_same_settings(out: Path, settings: dict) -> None:
-    """A folder holds pseudo-labels of one setting: a rerun with others would mix two kinds of masks."""
-    # the refiner's kind, not its weights' path: a project folder may move to another machine
+    """A folder holds pseudo-labels of one setting: a rerun with others would mix two kinds of masks.
+
+    The settings are compared once the folder holds a finished image; before, a rerun may change them.
+    """
+    # the teacher's bytes and the refiner's kind, not their paths: a project folder may move to another machine
     now = {"refiner": settings["refiner"].split(":")[0],
-           **{k: settings[k] for k in ("threshold", "class_balance", "tta")}}
+           **{k: settings[k] for k in ("threshold", "class_balance", "tta", "teacher_sha256")}}
     path = out / "settings.json"
-    if path.is_file():
+    if path.is_file() and any((out / "entries").glob("[!.]*.json")):
         before = json.loads(path.read_text())
-        changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v]
+        # folders of ssl_seg 0.1.3 and earlier record no teacher digest
+        changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if k in before and before[k] != v]
         if changed:
             raise ValueError(f"{out} holds pseudo-labels made with other settings ({'; '.join(changed)}); "
                              "rerun with the same ones to resume, or pass another --out")
@@ -144,7 +148,8 @@ def check_same_settings(out: Path, settings: dict) -> None:
 
 
 def merge_manifest(out: Path, settings: dict) -> dict:
-    """manifest.json from every finished entry (all shards), with totals."""
+    """manifest.json from every finished entry (all shards), with totals. ``settings["images_expected"]``
+    counts the images of all shards: a manifest with fewer holds unfinished shards."""
     with merge_lock(out):
         entries = {path.stem: json.loads(path.read_text())
                    for path in sorted((out / "entries").glob("*.json"))
@@ -189,6 +194,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
         raise ValueError(f"--shard {shard_index}/{shard_count}: i must be in 0..n-1")
     device_ = resolve_device(device, local_rank)
     out = Path(out)
+    all_paths = unlabeled_images(images)
     model, state = load_model(checkpoint, device_)
 
     feature_teacher = load_feature_teacher(dinov2, labeled, local_files_only, device_, binary_class) if dinov2 else None
@@ -197,15 +203,18 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     if refiner == "superpixel" and superpixel_method != "slic":
         refiner = f"superpixel-{superpixel_method}"
     teacher_name = f"{Path(str(checkpoint)).resolve()}" + (f" + dinov2:{dinov2}" if feature_teacher else "")
-    settings = {"teacher": teacher_name, "refiner": refiner + (f":{sam}" if sam_refiner else ""),
+    settings = {"teacher": teacher_name, "teacher_sha256": file_sha256(checkpoint_file(checkpoint)),
+                "refiner": refiner + (f":{sam}" if sam_refiner else ""),
                 "threshold": threshold, "class_balance": class_balance, "tta": tta, "ignore_index": IGNORE_INDEX,
-                "class_names": list(CLASS_NAMES)}
+                "class_names": list(CLASS_NAMES), "images_expected": len(all_paths)}
 
     if shard_count == 1:  # shards may share the folder: only a lone run may sweep it
         remove_stale_temporaries(out)
     check_same_settings(out, settings)
-    paths = unlabeled_images(images)[shard_index::shard_count]
-    todo = [p for p in paths if not (out / "entries" / f"{p.stem}.json").exists()]
+    paths = all_paths[shard_index::shard_count]
+    # done = entry written (it is written last) and its two maps still there
+    todo = [p for p in paths if not all((out / sub / f"{p.stem}{ext}").is_file() for sub, ext in
+                                        (("entries", ".json"), ("masks", ".png"), ("confidence", ".png")))]
     if len(todo) < len(paths):
         say(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already done")
     writer = SummaryWriter(out / "tb" / f"shard{shard_index}") if todo else None

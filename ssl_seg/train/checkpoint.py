@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -20,15 +21,33 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def checkpoint_file(path: str | Path) -> Path:
+    """The .pth file that ``path`` names: itself, or a run folder's best.pth (else latest.pth)."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.pth", "latest.pth"):
             if (path / name).is_file():
                 path = path / name
                 break
+        else:
+            raise CheckpointError(f"{path} is a folder without best.pth or latest.pth; pass a run folder (the --out "
+                                  "of finetune or pretrain) or a .pth file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass a .pth file or a run folder holding best.pth")
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex digest of a file's bytes: identifies a checkpoint wherever it is copied."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = checkpoint_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
@@ -39,9 +58,19 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def model_from_checkpoint(state: dict, path: str | Path) -> torch.nn.Module:
+    """The model of a loaded checkpoint, with its weights; CheckpointError when they do not fit together."""
+    try:
+        model = model_from_spec(state["model_spec"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a hand-edited or mixed-up file
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit the model it describes ({detail}); "
+                              "pass latest.pth or best.pth as ssl-seg wrote them") from None
+    return model
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the trained model of a checkpoint (no download needed) in eval mode."""
     state = load_checkpoint(path)
-    model = model_from_spec(state["model_spec"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
+    return model_from_checkpoint(state, path).to(device).eval(), state

@@ -12,8 +12,12 @@ Single process or ``torchrun`` (DDP: NCCL on GPU, gloo on CPU); only rank 0 writ
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -30,15 +34,15 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_code
 from ssl_seg.augment import TrainAugment, cutmix
-from ssl_seg.config import TrainConfig
+from ssl_seg.config import TrainConfig, check_config
 from ssl_seg.data.dataset import CropDataset, DrawSampler
 from ssl_seg.data.io import read_image
 from ssl_seg.data.layout import Sample, discover, validate
 from ssl_seg.inference import autocast_for, predict_proba, to_tensor
 from ssl_seg.metrics import confusion_matrix, summarize
-from ssl_seg.models import build_model, model_from_spec, model_spec
+from ssl_seg.models import build_model, model_spec
 from ssl_seg.tb import log_summary, panel
-from ssl_seg.train.checkpoint import load_checkpoint, save_checkpoint
+from ssl_seg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ssl_seg.train.losses import SegmentationLoss, class_weights, masked_cross_entropy
 
 
@@ -46,12 +50,54 @@ class TrainError(ValueError):
     """The run cannot start as asked; the message says how to fix it."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a finished step whose state is saved in ``latest.pth``."""
+
+    def __init__(self, step: int, latest: Path):
+        super().__init__(f"stopped after step {step}, saved in {latest}")
+        self.step, self.latest = step, latest
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise TrainError(f"--device {name!r} is not one ssl-seg runs on; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    return device
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(enabled: bool = True):
+    """Turn the first Ctrl-C into a request (the list yielded gains an entry) that the loop honours
+    after its step; a second Ctrl-C interrupts at once. Only in the main thread of a single process."""
+    requested: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        requested.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def ignore_interrupt(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops them after saving."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def setup_distributed(device_name: str = "auto") -> tuple[int, int, int]:
@@ -79,16 +125,42 @@ def split_validation(samples: list[Sample], fraction: float, seed: int) -> tuple
 # Settings that shape a run: resuming with other values would not continue the same run.
 RUN_KEYS = ("steps", "batch_size", "tile_size", "lr", "weight_decay", "warmup_steps", "backbone_lr_scale",
             "class_weights", "dice_weight", "labeled_ratio", "consistency_weight", "consistency_threshold",
-            "cutmix_prob", "ema_decay", "val_fraction", "seed", "binary_class")
+            "cutmix_prob", "student_jitter", "ema_decay", "val_fraction", "seed", "binary_class")
+# What checkpoints written before a key existed were trained with.
+RUN_KEY_BEFORE = {"student_jitter": "strong"}
 
 
-def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path) -> None:
-    """Refuse to resume ``latest`` under another command or with settings that change the run."""
+def samples_identity(labeled: list[Sample], val: list[Sample], unlabeled: list[Sample], pseudo_dir: str | None) -> dict:
+    """What a run trains on, compared on resume: image counts and a digest of the ids (and of the
+    pseudo-labels' teacher and settings), so that a moved folder still resumes but other data does not."""
+    digest = hashlib.sha256()
+    for name, samples in (("labeled", labeled), ("val", val), ("unlabeled", unlabeled)):
+        digest.update(name.encode() + b"\0" + "\0".join(sorted(s.id for s in samples)).encode() + b"\0")
+    if pseudo_dir is not None:
+        settings = json.loads((Path(pseudo_dir) / "manifest.json").read_text())
+        digest.update(json.dumps({k: settings.get(k) for k in ("teacher_sha256", "refiner", "threshold",
+                                                                "class_balance", "tta")}, sort_keys=True).encode())
+    return {"labeled": len(labeled), "val": len(val), "unlabeled": len(unlabeled),
+            "pseudo_labels": pseudo_dir is not None, "digest": digest.hexdigest()}
+
+
+def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samples: dict | None = None) -> None:
+    """Refuse to resume ``latest`` under another command, with settings that change the run, or on other data."""
     if state.get("mode") != mode:
         raise TrainError(f"{latest} is a {state.get('mode')} run; resume it with that command")
     saved = state.get("config", {})
+    saved = {**RUN_KEY_BEFORE, **saved}
     changed = [f"{key} {saved[key]} (now {getattr(cfg, key)})" for key in RUN_KEYS
                if key in saved and saved[key] != getattr(cfg, key)]
+    before = state.get("samples")  # absent in checkpoints of ssl_seg 0.1.3 and earlier
+    if samples is not None and before is not None and before != samples:
+        if before["pseudo_labels"] != samples["pseudo_labels"]:
+            changed.append("pseudo-labels " + ("on" if before["pseudo_labels"] else "off (online only)")
+                           + f" (now {'on' if samples['pseudo_labels'] else 'off'})")
+        else:
+            counts = ", ".join(f"{k} {before[k]}" for k in ("labeled", "val", "unlabeled"))
+            changed.append(f"other images or pseudo-labels ({counts}; now "
+                           + ", ".join(f"{k} {samples[k]}" for k in ("labeled", "val", "unlabeled")) + ")")
     if changed:
         raise TrainError(f"{latest} was trained with {', '.join(changed)}; resume with the same settings "
                          "(the run's config is in its TensorBoard text tab), or start another --out")
@@ -118,14 +190,19 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
         raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first")
     # image paths are relative to the manifest's folder (absolute in folders written by ssl_seg 0.1.0; both work)
     try:
-        entries = json.loads(manifest.read_text())["images"]
+        content = json.loads(manifest.read_text())
+        entries = content["images"]
         samples = [Sample(id=k, image=pseudo_dir / v["image"], mask=pseudo_dir / v["mask"])
                    for k, v in sorted(entries.items())]
+        expected = int(content.get("images_expected", len(samples)))  # absent before ssl_seg 0.1.4
     except (ValueError, KeyError, TypeError, AttributeError):  # truncated JSON, or not a pseudo-label manifest
         raise TrainError(f"{manifest} is not a readable pseudo-label manifest; rerun `ssl-seg pseudo-label ... "
                          f"--out {pseudo_dir}` (finished images are kept)") from None
     if not samples:
         raise TrainError(f"{manifest} lists no pseudo-labeled images; rerun pseudo-label")
+    if len(samples) < expected:
+        raise TrainError(f"{manifest} lists {len(samples)} of {expected} images: shards of pseudo-label are "
+                         f"unfinished; rerun each `ssl-seg pseudo-label ... --shard i/n --out {pseudo_dir}` to finish it")
     missing = [s.image for s in samples if not s.image.is_file()]
     if missing:
         raise TrainError(f"{manifest}: {len(missing)} image(s) not found, first {missing[0]}; paths are relative to "
@@ -165,6 +242,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     ``stop_after`` ends this invocation after that many steps, saving ``latest.pth`` so that
     ``resume=True`` continues exactly (time-limited cluster jobs).
     """
+    check_config(cfg)
+    if stop_after is not None and stop_after < 1:
+        raise TrainError(f"--stop-after must be at least 1, got {stop_after}")
     rank, world, local_rank = setup_distributed(cfg.device)
     device = resolve_device(cfg.device, local_rank)
     out = Path(out)
@@ -204,20 +284,21 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                               cache=len(samples) <= 512)
         sampler = DrawSampler(start_step * per_step * world, (cfg.steps - start_step) * per_step * world, rank, world)
         return iter(DataLoader(dataset, batch_size=per_step, sampler=sampler, num_workers=cfg.num_workers,
-                               pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True))
+                               pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True,
+                               worker_init_fn=ignore_interrupt if world == 1 else None))
 
     # --- model, EMA, optimiser, schedule ------------------------------------------------------
+    samples = samples_identity(labeled, val_samples, unlabeled, cfg.pseudo_labels if mode == "pretrain" else None)
     resume_state = load_checkpoint(latest) if resume and latest.exists() else None
     if resume_state is not None:
-        check_resumable(resume_state, cfg, mode, latest)
+        check_resumable(resume_state, cfg, mode, latest, samples)
     torch.manual_seed(cfg.seed)
     if resume_state is not None:  # latest.pth holds the run: --init and --pretrained are not read again
-        model = model_from_spec(resume_state["model_spec"])
+        model = model_from_checkpoint(resume_state, latest)
         pretrained_backbone = resume_state.get("pretrained_backbone", False)
     elif cfg.init:  # the checkpoint decides the architecture; --model and --pretrained are not used
         init_state = load_checkpoint(cfg.init)
-        model = model_from_spec(init_state["model_spec"])
-        model.load_state_dict(init_state["model"])
+        model = model_from_checkpoint(init_state, cfg.init)
         # a backbone that started from hub weights keeps its slower learning rate down the teacher-student chain
         pretrained_backbone = init_state.get("pretrained_backbone",
                                              bool(init_state.get("config", {}).get("pretrained")))
@@ -234,12 +315,11 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     criterion = SegmentationLoss(class_weights(counts, cfg.class_weights), cfg.dice_weight).to(device)
-    augment = TrainAugment().to(device)
+    augment = TrainAugment(student_jitter=cfg.student_jitter).to(device)
 
     start_step, best_score, best_step = 0, -1.0, -1
     if resume_state is not None:
         state = resume_state
-        model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -257,7 +337,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "mode": mode, "config": cfg.to_dict(),
                 "class_names": list(CLASS_NAMES), "model_spec": model_spec(model),
-                "pretrained_backbone": pretrained_backbone, "best_score": best_score, "best_step": best_step}
+                "pretrained_backbone": pretrained_backbone, "best_score": best_score, "best_step": best_step,
+                "samples": samples}
 
     labeled_iter = loader(labeled, n_labeled, start_step, False) if n_labeled else None
     unlabeled_iter = loader(unlabeled, n_unlabeled, start_step, True) if n_unlabeled else None
@@ -272,122 +353,128 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    # Ctrl-C finishes the step and saves it (a second one stops at once). Not under torchrun: ranks
+    # could stop at different steps, so there a rerun resumes from the last saved checkpoint.
     model.train()
-    for step in bar:
-        # Every random draw of a step (augmentation, CutMix, dropout) comes from this seed: exact resume.
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
-        tick = time.perf_counter()
-        batch_x = next(labeled_iter) if labeled_iter else None
-        batch_u = next(unlabeled_iter) if unlabeled_iter else None
-        sync()
-        timers["data"] += time.perf_counter() - tick
+    done = start_step
+    with stop_on_interrupt(world == 1) as interrupted:
+        for step in bar:
+            # Every random draw of a step (augmentation, CutMix, dropout) comes from this seed: exact resume.
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
+            tick = time.perf_counter()
+            batch_x = next(labeled_iter) if labeled_iter else None
+            batch_u = next(unlabeled_iter) if unlabeled_iter else None
+            sync()
+            timers["data"] += time.perf_counter() - tick
 
-        tick = time.perf_counter()
-        parts_images, parts_targets = [], []
-        if batch_x is not None:
-            img_x = batch_x["image"].to(device, non_blocking=True).float().div_(255)
-            img_x, mask_x = augment.geometric(img_x, batch_x["mask"].to(device, non_blocking=True))
-            parts_images.append(augment.weak(img_x).clamp_(0, 1))
-            parts_targets.append(mask_x)
-        if batch_u is not None:
-            img_u = batch_u["image"].to(device, non_blocking=True).float().div_(255)
-            # ``inside_u`` is 0 on padding (of small images, or brought in by the affine): no teacher
-            # prediction is learned there
-            img_u, pseudo_u, inside_u = augment.geometric(img_u, batch_u["mask"].to(device, non_blocking=True),
-                                                          batch_u["valid"].to(device, non_blocking=True).float())
-            weak_u = augment.weak(img_u).clamp_(0, 1)
-            strong_u = augment.strong(img_u).clamp_(0, 1)
+            tick = time.perf_counter()
+            parts_images, parts_targets = [], []
+            if batch_x is not None:
+                img_x = batch_x["image"].to(device, non_blocking=True).float().div_(255)
+                img_x, mask_x = augment.geometric(img_x, batch_x["mask"].to(device, non_blocking=True))
+                parts_images.append(augment.weak(img_x).clamp_(0, 1))
+                parts_targets.append(mask_x)
+            if batch_u is not None:
+                img_u = batch_u["image"].to(device, non_blocking=True).float().div_(255)
+                # ``inside_u`` is 0 on padding (of small images, or brought in by the affine): no teacher
+                # prediction is learned there
+                img_u, pseudo_u, inside_u = augment.geometric(img_u, batch_u["mask"].to(device, non_blocking=True),
+                                                              batch_u["valid"].to(device, non_blocking=True).float())
+                weak_u = augment.weak(img_u).clamp_(0, 1)
+                strong_u = augment.strong(img_u).clamp_(0, 1)
+                sync()
+                timers["augment"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                with torch.no_grad(), autocast_for(device, cfg.amp):
+                    teacher_probs = ema.module(weak_u).float().softmax(dim=1)
+                teacher_conf, teacher_label = teacher_probs.max(dim=1)
+                sync()
+                timers["teacher"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                strong_u, pseudo_u, teacher_label, teacher_conf, inside_u = cutmix(
+                    strong_u, pseudo_u, teacher_label, teacher_conf, inside_u, prob=cfg.cutmix_prob)
+                keep = (teacher_conf >= cfg.consistency_threshold).float() * inside_u
+                parts_images.append(strong_u)
+                parts_targets.append(pseudo_u)
+            images = torch.cat(parts_images)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             sync()
             timers["augment"] += time.perf_counter() - tick
+
             tick = time.perf_counter()
-            with torch.no_grad(), autocast_for(device, cfg.amp):
-                teacher_probs = ema.module(weak_u).float().softmax(dim=1)
-            teacher_conf, teacher_label = teacher_probs.max(dim=1)
+            with autocast_for(device, cfg.amp):
+                logits = forward(images)
+            loss, parts = criterion(logits, torch.cat(parts_targets))
+            losses = {"loss_x": loss.detach()} if batch_u is None else {}
+            logging = writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps)
+            if batch_u is not None and logging:  # the labeled and pseudo-labeled parts on their own as well
+                if n_labeled:
+                    losses["loss_x"] = criterion(logits[:n_labeled].detach(), parts_targets[0])[0]
+                if cfg.pseudo_labels and bool((pseudo_u != IGNORE_INDEX).any()):
+                    losses["loss_pseudo"] = criterion(logits[n_labeled:].detach(), pseudo_u)[0]
+            if batch_u is not None:
+                loss_cons = masked_cross_entropy(logits[n_labeled:], teacher_label, keep)
+                loss = loss + cfg.consistency_weight * loss_cons
+                losses["loss_consistency"] = loss_cons.detach()
+                losses["mask_ratio"] = keep.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(model)
             sync()
-            timers["teacher"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            strong_u, pseudo_u, teacher_label, teacher_conf, inside_u = cutmix(
-                strong_u, pseudo_u, teacher_label, teacher_conf, inside_u, prob=cfg.cutmix_prob)
-            keep = (teacher_conf >= cfg.consistency_threshold).float() * inside_u
-            parts_images.append(strong_u)
-            parts_targets.append(pseudo_u)
-        images = torch.cat(parts_images)
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        sync()
-        timers["augment"] += time.perf_counter() - tick
+            timers["compute"] += time.perf_counter() - tick
+            window_images += images.shape[0] * world
+            window_steps += 1
 
-        tick = time.perf_counter()
-        with autocast_for(device, cfg.amp):
-            logits = forward(images)
-        loss, parts = criterion(logits, torch.cat(parts_targets))
-        losses = {"loss_x": loss.detach()} if batch_u is None else {}
-        logging = writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps)
-        if batch_u is not None and logging:  # the labeled and pseudo-labeled parts on their own as well
-            if n_labeled:
-                losses["loss_x"] = criterion(logits[:n_labeled].detach(), parts_targets[0])[0]
-            if cfg.pseudo_labels and bool((pseudo_u != IGNORE_INDEX).any()):
-                losses["loss_pseudo"] = criterion(logits[n_labeled:].detach(), pseudo_u)[0]
-        if batch_u is not None:
-            loss_cons = masked_cross_entropy(logits[n_labeled:], teacher_label, keep)
-            loss = loss + cfg.consistency_weight * loss_cons
-            losses["loss_consistency"] = loss_cons.detach()
-            losses["mask_ratio"] = keep.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        ema.update_parameters(model)
-        sync()
-        timers["compute"] += time.perf_counter() - tick
-        window_images += images.shape[0] * world
-        window_steps += 1
+            done = step + 1
+            if logging:
+                elapsed = time.perf_counter() - window_start
+                writer.add_scalar("train/loss", loss.item(), done)
+                for name, value in {**losses, **parts}.items():
+                    writer.add_scalar(f"train/{name}", float(value), done)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], done)
+                writer.add_scalar("train/images_per_s", window_images / max(elapsed, 1e-9), done)
+                if device.type == "cuda":
+                    writer.add_scalar("train/peak_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
+                for name, seconds in timers.items():
+                    writer.add_scalar(f"time/{name}_s_per_step", seconds / window_steps, done)
+                timers = dict.fromkeys(timers, 0.0)
+                window_start, window_images, window_steps = time.perf_counter(), 0, 0
+                bar.set_postfix(loss=f"{loss.item():.3f}")
 
-        done = step + 1
-        if logging:
-            elapsed = time.perf_counter() - window_start
-            writer.add_scalar("train/loss", loss.item(), done)
-            for name, value in {**losses, **parts}.items():
-                writer.add_scalar(f"train/{name}", float(value), done)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], done)
-            writer.add_scalar("train/images_per_s", window_images / max(elapsed, 1e-9), done)
-            if device.type == "cuda":
-                writer.add_scalar("train/peak_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
-            for name, seconds in timers.items():
-                writer.add_scalar(f"time/{name}_s_per_step", seconds / window_steps, done)
-            timers = dict.fromkeys(timers, 0.0)
-            window_start, window_images, window_steps = time.perf_counter(), 0, 0
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-
-        stopping = stop_after is not None and done - start_step >= stop_after
-        if stopping and rank == 0 and not (done % cfg.val_every == 0 or done == cfg.steps):
-            save_checkpoint(latest, checkpoint_state(done))
-        elif done % cfg.val_every == 0 or done == cfg.steps:
-            if rank == 0:
-                if val_samples:
-                    summary, examples = evaluate_model(model, val_samples, cfg, device, images_cache)
-                    log_summary(writer, "eval", summary, done)
-                    if mode == "pretrain":
-                        teacher_summary, _ = evaluate_model(ema.module, val_samples, cfg, device, images_cache)
-                        log_summary(writer, "eval_teacher", teacher_summary, done)
-                    if done % cfg.image_every == 0 or done == cfg.steps:
-                        for i, (image, truth, pred) in enumerate(examples):
-                            writer.add_image(f"eval/panel_{i}", panel(image, truth, pred), done, dataformats="HWC")
-                    score = summary["micro_jaccard_macerals"]
-                    if score > best_score:
-                        best_score, best_step = score, done
-                        save_checkpoint(best, checkpoint_state(done))
-                    bar.write(f"step {done}: eval micro Jaccard (macerals) {score:.4f}, best {best_score:.4f} @ {best_step}")
+            stopping = (stop_after is not None and done - start_step >= stop_after) or bool(interrupted)
+            if stopping and rank == 0 and not (done % cfg.val_every == 0 or done == cfg.steps):
                 save_checkpoint(latest, checkpoint_state(done))
-                if not val_samples:  # without validation the latest model is the one to use
-                    save_checkpoint(best, checkpoint_state(done))
-                writer.flush()
-            if world > 1:
-                dist.barrier()
-        if stopping:
-            break
+            elif done % cfg.val_every == 0 or done == cfg.steps:
+                if rank == 0:
+                    if val_samples:
+                        summary, examples = evaluate_model(model, val_samples, cfg, device, images_cache)
+                        log_summary(writer, "eval", summary, done)
+                        if mode == "pretrain":
+                            teacher_summary, _ = evaluate_model(ema.module, val_samples, cfg, device, images_cache)
+                            log_summary(writer, "eval_teacher", teacher_summary, done)
+                        if done % cfg.image_every == 0 or done == cfg.steps:
+                            for i, (image, truth, pred) in enumerate(examples):
+                                writer.add_image(f"eval/panel_{i}", panel(image, truth, pred), done, dataformats="HWC")
+                        score = summary["micro_jaccard_macerals"]
+                        if score > best_score:
+                            best_score, best_step = score, done
+                            save_checkpoint(best, checkpoint_state(done))
+                        bar.write(f"step {done}: eval micro Jaccard (macerals) {score:.4f}, best {best_score:.4f} @ {best_step}")
+                    save_checkpoint(latest, checkpoint_state(done))
+                    if not val_samples:  # without validation the latest model is the one to use
+                        save_checkpoint(best, checkpoint_state(done))
+                    writer.flush()
+                if world > 1:
+                    dist.barrier()
+            if stopping:
+                break
 
     if writer is not None:
         writer.close()
     bar.close()
+    if interrupted and done < cfg.steps:
+        raise TrainingInterrupted(done, latest)
     return summary
