@@ -1,7 +1,7 @@
 """On-device augmentation with kornia.
 
 One geometric pipeline moves image and mask together (and, for semi-supervised training, the
-weak and strong views share it); photometric pipelines then jitter the views separately.
+teacher's and the student's views share it); photometric pipelines then jitter the views separately.
 
 Example:
     >>> import torch
@@ -100,10 +100,10 @@ class TrainAugment(nn.Module):
     photometric views. ``student_jitter="weak"`` draws the student's view with the weak jitter too
     (another draw of it): strong colour jitter blurs reflectance, the cue that tells macerals apart."""
 
-    def __init__(self, degrees: float = 20.0, scale: tuple[float, float] = (0.75, 1.3), student_jitter: str = "strong"):
+    def __init__(self, degrees: float = 20.0, scale: tuple[float, float] = (0.75, 1.3), student_jitter: str = "weak"):
         super().__init__()
         if student_jitter not in ("strong", "weak"):
             raise ValueError(f"student_jitter must be strong or weak, not {student_jitter!r}")
         self.geometric = GeometricAugment(degrees, scale)
         self.weak = photometric("weak")
-        self.strong = photometric(student_jitter)
+        self.student = photometric(student_jitter)

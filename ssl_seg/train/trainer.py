@@ -2,7 +2,7 @@
 
 ``finetune``: supervised on the labeled masks (class-weighted CE + Dice).
 ``pretrain``: a student learns the pseudo-labels of unlabeled images, plus online mean-teacher
-consistency (the EMA teacher labels a weak view, the student learns it on a strong, CutMixed
+consistency (the EMA teacher labels a weak view, the student learns it on another, CutMixed
 view of the same geometry; pixels below a confidence threshold are left out), with labeled
 batches mixed in at ``labeled_ratio``. Without pseudo-labels it takes the unlabeled images of
 the data folder and learns them through the consistency alone (online only, UniMatch-style).
@@ -381,7 +381,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                 img_u, pseudo_u, inside_u = augment.geometric(img_u, batch_u["mask"].to(device, non_blocking=True),
                                                               batch_u["valid"].to(device, non_blocking=True).float())
                 weak_u = augment.weak(img_u).clamp_(0, 1)
-                strong_u = augment.strong(img_u).clamp_(0, 1)
+                student_u = augment.student(img_u).clamp_(0, 1)
                 sync()
                 timers["augment"] += time.perf_counter() - tick
                 tick = time.perf_counter()
@@ -391,10 +391,10 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                 sync()
                 timers["teacher"] += time.perf_counter() - tick
                 tick = time.perf_counter()
-                strong_u, pseudo_u, teacher_label, teacher_conf, inside_u = cutmix(
-                    strong_u, pseudo_u, teacher_label, teacher_conf, inside_u, prob=cfg.cutmix_prob)
+                student_u, pseudo_u, teacher_label, teacher_conf, inside_u = cutmix(
+                    student_u, pseudo_u, teacher_label, teacher_conf, inside_u, prob=cfg.cutmix_prob)
                 keep = (teacher_conf >= cfg.consistency_threshold).float() * inside_u
-                parts_images.append(strong_u)
+                parts_images.append(student_u)
                 parts_targets.append(pseudo_u)
             images = torch.cat(parts_images)
             if cfg.channels_last:
