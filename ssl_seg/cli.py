@@ -248,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         done = f" ({exc})" if str(exc) else ""
         print(f"ssl-seg {args.command}: interrupted{done}; {how}", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # a gloo group still alive at exit can abort the process (SIGABRT)
 
 
 if __name__ == "__main__":

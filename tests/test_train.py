@@ -208,7 +208,18 @@ def test_cli_refuses_bad_settings_before_writing_anything(dataset, tmp_path, cap
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """Python's own Ctrl-C handler, also when pytest runs as a background job (which ignores SIGINT)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path, monkeypatch, capsys,
+                                                               ctrl_c_as_in_a_terminal):
     import os
     import signal
 
@@ -248,6 +259,21 @@ def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path
     split = torch.load(tmp_path / "split" / "latest.pth", weights_only=True)
     for key, value in full["model"].items():
         torch.testing.assert_close(split["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_ctrl_c_stays_ignored_where_it_was():
+    import signal
+
+    from ssl_seg.train.trainer import stop_on_interrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup or in a background job
+    try:
+        with stop_on_interrupt() as requested:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert requested == [] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_cli_lists_only_the_checkpoints_written(dataset, tmp_path, capsys):

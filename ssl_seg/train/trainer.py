@@ -83,6 +83,9 @@ def stop_on_interrupt(enabled: bool = True):
         yield requested
         return
     previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, a background job): keep it so
+        yield requested
+        return
 
     def on_interrupt(signum, frame):
         requested.append(signum)
