@@ -169,3 +169,17 @@ def test_pretrain_refuses_a_folder_with_unfinished_shards(setup, tmp_path):
         train(cfg, images.parent.parent, tmp_path / "student", mode="pretrain", progress=False)
     pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)
     train(cfg, images.parent.parent, tmp_path / "student", mode="pretrain", progress=False)
+
+
+def test_a_corrupt_mask_names_the_fix_that_redoes_it(setup, tmp_path):
+    from ssl_seg.data.io import read_mask
+
+    teacher, images = setup
+    pseudo_label(teacher, images, tmp_path / "pl", **FAST)
+    broken = sorted((tmp_path / "pl" / "masks").iterdir())[0]
+    broken.write_bytes(b"not a png")  # a disk error, a copy cut short
+    with pytest.raises(DataError, match="delete it and rerun the same ssl-seg pseudo-label command"):
+        read_mask(broken, pseudo=True)
+    broken.unlink()  # the fix, as the error gives it
+    assert pseudo_label(teacher, images, tmp_path / "pl", **FAST)["done"] == 1
+    assert read_mask(broken, pseudo=True).shape == (64, 80)

@@ -201,9 +201,11 @@ def _load_label_array(path: Path, kind: str) -> np.ndarray:
     except _PIL_ERRORS as error:
         array = _read_tiff_fallback(path) if suffix in (".tif", ".tiff") else None
         if array is None:
-            raise DataError(
-                f"{kind} {path}: cannot be decoded ({type(error).__name__}: {error}); fix: re-save it as PNG or NPY"
-            ) from None
+            fix = (  # pseudo-label runs redo an image whose mask is missing
+                "delete it and rerun the same ssl-seg pseudo-label command to redo it" if kind == "pseudo-label"
+                else "re-save it as PNG or NPY"
+            )
+            raise DataError(f"{kind} {path}: cannot be decoded ({type(error).__name__}: {error}); fix: {fix}") from None
         return array
 
 
