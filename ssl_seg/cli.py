@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
               "and free space", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        how = {"finetune": "add --resume to the same command to continue from the last saved step",
-               "pretrain": "add --resume to the same command to continue from the last saved step",
+        resume = "add --resume to the same command to continue from the last saved step"
+        how = {"finetune": resume, "pretrain": resume,
                "predict": "add --skip-existing to the same command to keep the masks already written"
                }.get(args.command, "rerun the same command to continue")
         done = f" ({exc})" if str(exc) else ""

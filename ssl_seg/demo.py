@@ -126,7 +126,7 @@ def _truth_as_pseudo_labels(data: Path, out: Path) -> Path:
 def _check_same_demo(out: Path, seed: int, demo: DemoConfig) -> None:
     """A rerun resumes the demo in ``out``; one with other settings would reuse runs made with the old ones."""
     # num_workers changes how fast, not what is trained; oracle and supervised_only add or drop arms
-    wanted = json.loads(json.dumps({"seed": seed, **dataclasses.asdict(demo)}))
+    wanted = json.loads(json.dumps({"seed": seed, **dataclasses.asdict(demo)}))  # as the record reads back
     for key in ("num_workers", "oracle", "supervised_only"):
         wanted.pop(key)
     record = out / "demo_settings.json"

@@ -768,7 +768,8 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
                  for split, count in counts.items()}
     for split, (image_dir, _) in folders.items():
         # another seed, or larger counts before, left scenes this call would not list: a mixed dataset
-        others = sorted(p.name for p in image_dir.glob("*.JPG") if p.stem not in set(scene_ids[split]))
+        wanted = set(scene_ids[split])
+        others = sorted(p.name for p in image_dir.glob("*.JPG") if p.stem not in wanted)
         if others:
             raise DataError(f"{image_dir} holds {len(others)} scene(s) this call would not write (first {others[0]}), "
                             "from another --seed or larger counts: write into a new folder, or rerun with the "

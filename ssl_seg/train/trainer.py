@@ -79,11 +79,9 @@ def stop_on_interrupt(enabled: bool = True):
     """Turn the first Ctrl-C into a request (the list yielded gains an entry) that the loop honours
     after its step; a second Ctrl-C interrupts at once. Only in the main thread of a single process."""
     requested: list[int] = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
     previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, a background job): keep it so
+    # a process started with Ctrl-C ignored (nohup, a background job) keeps ignoring it
+    if not enabled or threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
         yield requested
         return
 
@@ -151,8 +149,7 @@ def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samp
     """Refuse to resume ``latest`` under another command, with settings that change the run, or on other data."""
     if state.get("mode") != mode:
         raise TrainError(f"{latest} is a {state.get('mode')} run; resume it with that command")
-    saved = state.get("config", {})
-    saved = {**RUN_KEY_BEFORE, **saved}
+    saved = {**RUN_KEY_BEFORE, **state.get("config", {})}
     changed = [f"{key} {saved[key]} (now {getattr(cfg, key)})" for key in RUN_KEYS
                if key in saved and saved[key] != getattr(cfg, key)]
     before = state.get("samples")  # absent in checkpoints of ssl_seg 0.1.3 and earlier
