@@ -160,6 +160,27 @@ def test_shards_of_another_teacher_are_refused(setup, tmp_path):
         pseudo_label(tmp_path / "other_teacher", images, tmp_path / "pl", shard=(1, 2), **FAST)
 
 
+def test_shards_started_at_once_with_other_options_are_caught_at_the_merge(setup, tmp_path, monkeypatch):
+    from ssl_seg.pseudo import run
+
+    teacher, images = setup
+    pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
+    # shard 1 compared the settings before shard 0 had finished an image, so its check found nothing to compare
+    monkeypatch.setattr(run, "check_same_settings", lambda out, settings: None)
+    with pytest.raises(ValueError, match=r"mixes pseudo-labels of different settings \(3 with .*; 2 with .*"
+                                         r"\"threshold\": 0.5.*delete the folder"):
+        pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **{**FAST, "threshold": 0.5})
+    assert json.loads((tmp_path / "pl" / "manifest.json").read_text())["summary"]["images"] == 3  # not overwritten
+
+
+def test_entries_without_a_teacher_digest_still_merge(setup, tmp_path):
+    teacher, images = setup
+    pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
+    for entry in (tmp_path / "pl" / "entries").glob("*.json"):  # as ssl_seg 0.1.4 wrote them
+        entry.write_text(json.dumps({k: v for k, v in json.loads(entry.read_text()).items() if k != "teacher_sha256"}))
+    assert pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)["images"] == 5
+
+
 def test_pretrain_refuses_a_folder_with_unfinished_shards(setup, tmp_path):
     teacher, images = setup
     pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)

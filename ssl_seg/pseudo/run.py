@@ -127,14 +127,19 @@ def merge_lock(out: Path):
         os.close(folder)  # closing releases the lock
 
 
+def comparable_settings(settings: dict) -> dict:
+    """The settings two runs into one folder must share: the teacher's bytes and the refiner's kind, not
+    their paths (a project folder may move to another machine)."""
+    return {"refiner": settings["refiner"].split(":")[0],
+            **{k: settings.get(k) for k in ("threshold", "class_balance", "tta", "teacher_sha256")}}
+
+
 def check_same_settings(out: Path, settings: dict) -> None:
     """A folder holds pseudo-labels of one setting: a rerun with others would mix two kinds of masks.
 
     The settings are compared once the folder holds a finished image; before, a rerun may change them.
     """
-    # the teacher's bytes and the refiner's kind, not their paths: a project folder may move to another machine
-    now = {"refiner": settings["refiner"].split(":")[0],
-           **{k: settings[k] for k in ("threshold", "class_balance", "tta", "teacher_sha256")}}
+    now = comparable_settings(settings)
     path = out / "settings.json"
     if path.is_file() and any((out / "entries").glob("[!.]*.json")):
         before = json.loads(path.read_text())
@@ -147,6 +152,22 @@ def check_same_settings(out: Path, settings: dict) -> None:
         save_json(path, now)
 
 
+def check_entries_agree(out: Path, entries: dict) -> None:
+    """Shards started at the same moment with different options all pass ``check_same_settings`` (no
+    image is finished yet when they compare): the merge is where their mixed masks are caught."""
+    kinds: dict[str, int] = {}
+    for entry in entries.values():
+        kind = json.dumps(comparable_settings(entry))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    # entries of ssl_seg 0.1.4 and earlier record no teacher digest: their teacher is not compared
+    digests = {entry.get("teacher_sha256") for entry in entries.values()} - {None}
+    loose = {json.dumps({**comparable_settings(entry), "teacher_sha256": None}) for entry in entries.values()}
+    if len(loose) > 1 or len(digests) > 1:
+        described = "; ".join(f"{count} with {kind}" for kind, count in kinds.items())
+        raise ValueError(f"{out} mixes pseudo-labels of different settings ({described}), as shards started at "
+                         "once with different options make; delete the folder and rerun every shard with the same options")
+
+
 def merge_manifest(out: Path, settings: dict) -> dict:
     """manifest.json from every finished entry (all shards), with totals. ``settings["images_expected"]``
     counts the images of all shards: a manifest with fewer holds unfinished shards."""
@@ -154,6 +175,7 @@ def merge_manifest(out: Path, settings: dict) -> dict:
         entries = {path.stem: json.loads(path.read_text())
                    for path in sorted((out / "entries").glob("*.json"))
                    if not path.name.startswith(".")}  # skip temporaries of entries being written
+        check_entries_agree(out, entries)
         pixels = sum(e["pixels"] for e in entries.values()) or 1
         summary = {
             "images": len(entries),
@@ -250,6 +272,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
             "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
             "threshold": threshold, "class_balance": class_balance, "tta": tta,
+            "teacher_sha256": settings["teacher_sha256"],
         }
         # PNG encoding runs on a writer thread while the device labels the next image.
         pending.append(writer_pool.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
