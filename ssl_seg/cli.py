@@ -23,24 +23,39 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to the help of options whose default says something (not None or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if action.option_strings and shown and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from ssl_seg.config import TrainConfig
+
+    default = TrainConfig()  # a flag left out keeps the --config value, else this default
     parser.add_argument("--data", required=True, help="dataset folder (SS2 layout or images/ + masks/)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints and TensorBoard logs (tb/)")
     parser.add_argument("--config", help="YAML training config, e.g. experiments/ss2_segformer.yaml")
-    parser.add_argument("--model", help="segformer-tiny | segformer | dinov2 | dinov2-tiny")
+    parser.add_argument("--model", help=f"segformer-tiny | segformer | dinov2 | dinov2-tiny (default: {default.model})")
     parser.add_argument("--pretrained", help="hub id or local folder of backbone weights")
     parser.add_argument("--local-files-only", action="store_true", default=None,
                         help="never reach the hub; load --pretrained from the local cache or folder")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--tile-size", type=int, help="training crop size in pixels")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--steps", type=int, help=f"optimizer steps (default: {default.steps})")
+    parser.add_argument("--batch-size", type=int, help=f"crops per step (default: {default.batch_size})")
+    parser.add_argument("--tile-size", type=int, help=f"training crop size in pixels (default: {default.tile_size})")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate, cosine schedule (default: {default.lr})")
+    parser.add_argument("--seed", type=int, help=f"seed of the split, crops and augmentation (default: {default.seed})")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--init", help="checkpoint whose model weights start this run")
     parser.add_argument("--val-dir", help="a separate validation dataset (default: a seeded split of --data)")
     parser.add_argument("--binary-class", help="class of 0/255 binary masks in the labels folder, e.g. liptinite")
-    parser.add_argument("--num-workers", type=int, help="DataLoader workers reading and cropping images")
+    parser.add_argument("--num-workers", type=int,
+                        help=f"DataLoader workers reading and cropping images (default: {default.num_workers})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pth")
     parser.add_argument("--stop-after", type=int, metavar="STEPS",
                         help="stop after this many steps of this invocation (latest.pth saved; --resume continues)")
@@ -52,16 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-seg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write a procedural kerogen dataset in the SS2 layout")
-    p.add_argument("out")
-    p.add_argument("--labeled", type=int, default=8)
-    p.add_argument("--unlabeled", type=int, default=64)
-    p.add_argument("--test", type=int, default=8)
-    p.add_argument("--size", type=parse_size, default=(256, 320), help="HxW, e.g. 1024x1360")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("synth", help="write a procedural kerogen dataset in the SS2 layout",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("out", help="dataset folder to write (train/labeled, train/labels, train/unlabeled, test, ...)")
+    p.add_argument("--labeled", type=int, default=8, help="scenes with masks")
+    p.add_argument("--unlabeled", type=int, default=64, help="scenes without masks (their truth in train/unlabeled_truth)")
+    p.add_argument("--test", type=int, default=8, help="test scenes (answers in test_answers)")
+    p.add_argument("--size", type=parse_size, default="256x320", help="HxW, e.g. 1024x1360")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     p.add_argument("--magnification", type=float, default=1.0,
                    help="draw bodies and textures this many times larger in pixels (the demo: 2.5 at 192x256)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("finetune", help="supervised training on the labeled masks")
     _add_train_arguments(p)
@@ -70,14 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(p)
     p.add_argument("--pseudo-labels", help="folder written by `ssl-seg pseudo-label`; without it the unlabeled "
                    "images of --data are learned through the mean-teacher consistency alone")
-    p.add_argument("--labeled-ratio", type=float, help="share of each batch drawn from the labeled masks")
+    from ssl_seg.config import TrainConfig
+
+    p.add_argument("--labeled-ratio", type=float,
+                   help=f"share of each batch drawn from the labeled masks (default: {TrainConfig.labeled_ratio})")
 
     p = sub.add_parser("pseudo-label", help="label unlabeled images with a teacher (+ DINOv2 / SAM / superpixels)")
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint (.pth or run folder)")
     p.add_argument("--images", required=True, help="folder of unlabeled images, or a dataset root")
     p.add_argument("--out", required=True)
     p.add_argument("--config", help="YAML config: refine, sam, superpixel_method, dinov2_features, pseudo_threshold, tta keys")
-    p.add_argument("--refine", choices=["none", "superpixel", "sam"], help="default: superpixel")
+    p.add_argument("--refine", choices=["none", "superpixel", "sam"], help="snap labels to image boundaries (default: none)")
     p.add_argument("--sam", help="SAM hub id or local folder (with --refine sam)")
     p.add_argument("--superpixel", choices=["slic", "felzenszwalb"],
                    help="superpixel algorithm of --refine superpixel (default: slic)")
@@ -85,28 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled", help="labeled dataset for the DINOv2 class prototypes")
     p.add_argument("--binary-class", help="class of 0/255 binary masks in the --labeled dataset")
     p.add_argument("--local-files-only", action="store_true", default=None)
-    p.add_argument("--threshold", type=float, help="confidence below which pixels are ignored (255); default 0.8")
+    p.add_argument("--threshold", type=float, help="confidence below which pixels are ignored (255) (default: 0.9)")
     p.add_argument("--class-balance", type=float,
                    help="each predicted class keeps at least this share of its most confident pixels "
                         "(class-balanced self-training, Zou et al. 2018; default 0: off)")
-    p.add_argument("--tta", type=int, choices=[1, 2, 8])
-    p.add_argument("--tile-size", type=int, help="sliding-window tile (default 512)")
+    p.add_argument("--tta", type=int, choices=[1, 2, 8], help="flip/rot90 views averaged (default: 1)")
+    p.add_argument("--tile-size", type=int, help="sliding-window tile (default: 512)")
     p.add_argument("--shard", default="0/1", help="i/n: label only every n-th image starting at i")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("predict", help="write <id>_pred.npy masks for a folder of images")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 8])
-    p.add_argument("--tile-size", type=int, default=512)
+    p = sub.add_parser("predict", help="write <id>_pred.npy masks for a folder of images",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth or run folder)")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="folder for <id>_pred.npy (and predict.json, the settings)")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 8], help="flip/rot90 views averaged")
+    p.add_argument("--tile-size", type=int, default=512, help="sliding-window tile in pixels")
     p.add_argument("--overlays", action="store_true", help="also write colour overlays to OUT/overlays/")
     p.add_argument("--skip-existing", action="store_true",
                    help="keep the masks already in --out (finishes an interrupted run of the same checkpoint)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="score <id>_pred.npy against labels (micro Jaccard as in SS2)")
     p.add_argument("--pred", required=True)
@@ -116,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ssl_seg.report.cli import add_arguments as add_report_arguments
 
-    p = sub.add_parser("report", help="maceral composition report (CSV + HTML) from predicted masks")
+    p = sub.add_parser("report", help="maceral composition report (CSV + HTML) from predicted masks",
+                       formatter_class=DefaultsHelpFormatter)
     add_report_arguments(p)
 
     p = sub.add_parser("demo", help="the whole loop on a procedural dataset, with a score table")
@@ -235,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelLoadError, CheckpointError, TrainError, ValueError) as exc:
         print(f"ssl-seg {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output (`| head`) has closed it: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe
     except OSError as exc:  # a path that cannot be read or written: a file where a folder goes, a full disk
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"ssl-seg {args.command}: error: {where}{exc.strerror or exc}; fix: check the path, its permissions "

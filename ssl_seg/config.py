@@ -47,11 +47,11 @@ class TrainConfig:
     student_jitter: str = "weak"
     ema_decay: float = 0.99
     # pseudo-labelling (``pseudo-label`` command)
-    refine: str = "superpixel"             # none | superpixel | sam
+    refine: str = "none"                   # none | superpixel | sam (superpixels lowered the benchmark's pseudo-labels)
     sam: str | None = None                 # SAM hub id or local folder, with refine: sam
     superpixel_method: str = "slic"        # slic | felzenszwalb, with refine: superpixel
     dinov2_features: str | None = None     # DINOv2 hub id or folder: feature teacher on the labeled masks
-    pseudo_threshold: float = 0.8          # confidence below which pseudo-label pixels are ignored
+    pseudo_threshold: float = 0.9          # confidence below which pseudo-label pixels are ignored
     pseudo_class_balance: float = 0.0      # each class keeps at least this share of its pixels (0: off)
     tta: int = 1                           # 1 | 2 | 8 flip/rot90 views at inference
     infer_tile_size: int = 512             # sliding-window tile for prediction and pseudo-labelling

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ssl_seg.data.io import overlay, read_image, save_jpg, save_npy
+from ssl_seg.data.io import DataError, overlay, read_image, save_jpg, save_json, save_npy
 from ssl_seg.data.layout import list_images
 from ssl_seg.inference import predict_proba, to_tensor
-from ssl_seg.train.checkpoint import load_model
+from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
 from ssl_seg.train.trainer import resolve_device
 
 
@@ -46,14 +47,34 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
     model, _ = load_model(checkpoint, device_)
     paths = list_images(images)
     out = Path(out)
+    settings = {"checkpoint_sha256": file_sha256(checkpoint_file(checkpoint)), "tta": tta, "tile_size": tile_size}
+    if skip_existing:
+        check_same_predictions(out, settings)
+    save_json(out / "predict.json", settings)  # before any mask: a later --skip-existing compares with it
     todo = [p for p in paths if not (skip_existing and (out / f"{p.stem}_pred.npy").exists())]
     written = []
-    for path, image in tqdm(decoded_images(todo, workers), total=len(todo), desc="predict", disable=not progress):
-        probs = predict_proba(model, to_tensor(image, device_), tile_size=tile_size, tta=tta)
-        pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
-        target = out / f"{path.stem}_pred.npy"
-        save_npy(target, pred)
-        if overlays:
-            save_jpg(out / "overlays" / f"{path.stem}.jpg", overlay(image, pred))
-        written.append(target)
+    try:
+        for path, image in tqdm(decoded_images(todo, workers), total=len(todo), desc="predict", disable=not progress):
+            probs = predict_proba(model, to_tensor(image, device_), tile_size=tile_size, tta=tta)
+            pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+            target = out / f"{path.stem}_pred.npy"
+            save_npy(target, pred)
+            if overlays:
+                save_jpg(out / "overlays" / f"{path.stem}.jpg", overlay(image, pred))
+            written.append(target)
+    except DataError as exc:  # an unreadable image: the masks written so far are kept
+        hint = "; then add --skip-existing to the same command to keep the masks already written" if written else ""
+        raise DataError(f"{exc}{hint}") from None
     return written
+
+
+def check_same_predictions(out: Path, settings: dict) -> None:
+    """``--skip-existing`` keeps masks of the same checkpoint and settings only: others would mix two models."""
+    path = out / "predict.json"
+    if not path.is_file():  # folders of ssl_seg 0.1.4 and earlier record nothing
+        return
+    before = json.loads(path.read_text())
+    changed = [f"{k} {before[k]} -> {v}" for k, v in settings.items() if k in before and before[k] != v]
+    if changed:
+        raise ValueError(f"{out} holds masks predicted with other settings ({'; '.join(changed)}); --skip-existing "
+                         "would mix them: drop it to predict every image again, or pass another --out")

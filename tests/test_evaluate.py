@@ -205,3 +205,15 @@ def test_cli_json_naming_a_folder_is_refused_before_scoring(tmp_path, capsys):
     code = main(["evaluate", "--pred", str(tmp_path / "p"), "--labels", str(tmp_path / "l"), "--json", str(tmp_path)])
     captured = capsys.readouterr()
     assert code == 2 and "is a folder" in captured.err and "micro Jaccard" not in captured.out
+
+
+def test_output_piped_into_a_closed_reader_is_no_error(tmp_path):
+    import subprocess
+    import sys
+
+    write_pair(tmp_path / "p", tmp_path / "l", "x0", *random_pair(np.random.default_rng(0), (16, 16)))
+    process = subprocess.Popen([sys.executable, "-m", "ssl_seg", "evaluate", "--pred", str(tmp_path / "p"),
+                                "--labels", str(tmp_path / "l")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # as `| head -0` does, before the table is printed
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and stderr == "", stderr

@@ -285,3 +285,11 @@ def test_sample_helpers(tmp_path: Path) -> None:
         sample.read_mask()
     index = DatasetIndex(root=tmp_path, layout="images", labeled=[], unlabeled=[image], test=[])
     assert index.to_dict()["unlabeled"] == ["a.png"]
+
+
+def test_a_dataset_root_given_as_image_folder_names_its_image_folders(tmp_path):
+    (tmp_path / "test").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "test" / "a.png")
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(DataError, match=r"no images found .* e\.g\. \S+/test$"):
+        list_images(tmp_path)

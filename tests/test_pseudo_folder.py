@@ -167,8 +167,8 @@ def test_shards_started_at_once_with_other_options_are_caught_at_the_merge(setup
     pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
     # shard 1 compared the settings before shard 0 had finished an image, so its check found nothing to compare
     monkeypatch.setattr(run, "check_same_settings", lambda out, settings: None)
-    with pytest.raises(ValueError, match=r"mixes pseudo-labels of different settings \(3 with .*; 2 with .*"
-                                         r"\"threshold\": 0.5.*delete the folder"):
+    with pytest.raises(ValueError, match=r"mixes pseudo-labels of different settings \(threshold 0.0 and 0.5\).*"
+                                         r"delete the folder"):
         pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **{**FAST, "threshold": 0.5})
     assert json.loads((tmp_path / "pl" / "manifest.json").read_text())["summary"]["images"] == 3  # not overwritten
 
@@ -177,8 +177,25 @@ def test_entries_without_a_teacher_digest_still_merge(setup, tmp_path):
     teacher, images = setup
     pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
     for entry in (tmp_path / "pl" / "entries").glob("*.json"):  # as ssl_seg 0.1.4 wrote them
-        entry.write_text(json.dumps({k: v for k, v in json.loads(entry.read_text()).items() if k != "teacher_sha256"}))
+        old = {k: v for k, v in json.loads(entry.read_text()).items() if k not in ("teacher_sha256", "dinov2")}
+        entry.write_text(json.dumps(old))
     assert pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)["images"] == 5
+
+
+def test_the_dinov2_pipeline_runs_and_keeps_its_folder_apart(setup, tmp_path):
+    from transformers import Dinov2Model
+
+    from ssl_seg.models.dinov2 import tiny_dinov2_config
+
+    teacher, images = setup
+    Dinov2Model(tiny_dinov2_config()).save_pretrained(tmp_path / "dino")
+    pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), dinov2=str(tmp_path / "dino"),
+                 labeled=str(images.parent.parent), local_files_only=True, **FAST)
+    entries = [json.loads(path.read_text()) for path in (tmp_path / "pl" / "entries").glob("*.json")]
+    assert len(entries) == 3 and all(e["dinov2"] == "dino" and e["teacher"].endswith(" + dinov2:" + str(tmp_path / "dino"))
+                                     for e in entries)
+    with pytest.raises(ValueError, match=r"other settings \(dinov2 dino -> None\)"):
+        pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)
 
 
 def test_pretrain_refuses_a_folder_with_unfinished_shards(setup, tmp_path):

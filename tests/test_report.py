@@ -461,6 +461,14 @@ def test_tensorboard_scalars_and_figure(built):
     assert "report/ternary" in tags["images"]
 
 
+def test_a_training_run_folder_gets_the_summary_in_its_tb(built, tmp_path):
+    root, _, _ = built
+    (tmp_path / "run" / "tb").mkdir(parents=True)  # as finetune leaves it
+    result = build_report(root / "preds", tmp_path / "out", run_dir=tmp_path / "run", bootstrap=10, thumbnails=0)
+    assert result["paths"]["run_dir"] == tmp_path / "run" / "tb"
+    assert [p.parent.name for p in (tmp_path / "run").rglob("events.out.tfevents.*")] == ["tb"]
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -60,9 +60,27 @@ def test_finetune_predict_evaluate(dataset, tmp_path):
     kept, redone = written[0], written[1]
     np.save(kept, np.full_like(pred, 3))  # marks the file: a redo would overwrite it
     redone.unlink()
-    again = predict_folder(tmp_path / "run", dataset / "test", tmp_path / "pred", tile_size=64, skip_existing=True,
-                           progress=False, workers=0)
+    for other in ({"tta": 1}, {"tta": 8, "tile_size": 96}):  # masks of other settings are not mixed in
+        with pytest.raises(ValueError, match="other settings .* drop it to predict every image again"):
+            predict_folder(tmp_path / "run", dataset / "test", tmp_path / "pred", **{"tile_size": 64, **other},
+                           skip_existing=True, progress=False, workers=0)
+    again = predict_folder(tmp_path / "run", dataset / "test", tmp_path / "pred", tile_size=64, tta=8,
+                           skip_existing=True, progress=False, workers=0)
     assert again == [redone] and (np.load(kept) == 3).all()
+
+
+def test_an_unreadable_image_keeps_the_masks_written_and_says_how_to_go_on(dataset, tmp_path):
+    from ssl_seg.data.io import DataError
+
+    train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False)
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in (dataset / "test").iterdir():
+        (images / path.name).write_bytes(path.read_bytes())
+    (images / "zzz_broken.jpg").write_bytes(b"not a jpeg")  # sorts last: two masks are written before it
+    with pytest.raises(DataError, match="zzz_broken.jpg.*then add --skip-existing to the same command"):
+        predict_folder(tmp_path / "run", images, tmp_path / "pred", tile_size=64, progress=False, workers=0)
+    assert len(list((tmp_path / "pred").glob("*_pred.npy"))) == 2
 
 
 def test_resume_equals_uninterrupted(dataset, tmp_path):
@@ -138,7 +156,7 @@ def test_pseudo_label_then_pretrain(dataset, tmp_path):
     train(load_config(None, TINY), dataset, tmp_path / "teacher", progress=False)
     # a 6-step teacher is nearly uniform (every class near 0.25): threshold 0 keeps its pixels
     stats = pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / "pl", threshold=0.0,
-                         tile_size=64, workers=0, progress=False)
+                         refine="superpixel", tile_size=64, workers=0, progress=False)
     assert stats["done"] == 4 and stats["skipped"] == 0 and stats["confident_fraction"] == 1.0
     manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
     assert len(manifest["images"]) == 4
@@ -147,7 +165,7 @@ def test_pseudo_label_then_pretrain(dataset, tmp_path):
     assert entry["refiner"] == "superpixel"
 
     again = pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / "pl", threshold=0.0,
-                         tile_size=64, workers=0, progress=False)
+                         refine="superpixel", tile_size=64, workers=0, progress=False)
     assert again["done"] == 0 and again["skipped"] == 4
 
     cfg = load_config(None, {**TINY, "labeled_ratio": 0.5, "pseudo_labels": str(tmp_path / "pl"), "init": str(tmp_path / "teacher" / "best.pth"),
@@ -280,8 +298,27 @@ def test_cli_lists_only_the_checkpoints_written(dataset, tmp_path, capsys):
     code = main(["finetune", "--data", str(dataset), "--out", str(tmp_path / "run"), "--no-progress", "--steps", "6",
                  "--stop-after", "2", "--batch-size", "2", "--tile-size", "64", "--num-workers", "0",
                  "--set", "val_every=4"])
-    out = capsys.readouterr().out
-    assert code == 0 and "latest.pth" in out and "best.pth" not in out, out
+    captured = capsys.readouterr()
+    assert code == 0 and "latest.pth" in captured.out and "best.pth" not in captured.out, captured.out
+    assert "stopped at step 2 of 6 (--stop-after 2); add --resume" in captured.err
+    finish = ["finetune", "--data", str(dataset), "--out", str(tmp_path / "run"), "--no-progress", "--steps", "6",
+              "--batch-size", "2", "--tile-size", "64", "--num-workers", "0", "--set", "val_every=4", "--resume"]
+    assert main(finish) == 0 and "stopped" not in capsys.readouterr().err
+    assert main(finish) == 0 and "already finished all 6 steps; nothing to do" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"val_dir": "VAL"}, r"--val-dir .*VAL has no labeled images \(image \+ mask pairs\) to validate on"),
+    ({"val_fraction": 0.99}, r"val_fraction 0.99 leaves none of the 5 labeled images of .* lower it"),
+])
+def test_validation_that_leaves_nothing_is_named(dataset, tmp_path, settings, message):
+    if "val_dir" in settings:  # a folder of images without masks
+        (tmp_path / "VAL").mkdir()
+        for path in (dataset / "test").iterdir():
+            (tmp_path / "VAL" / path.name).write_bytes(path.read_bytes())
+        settings = {"val_dir": str(tmp_path / "VAL")}
+    with pytest.raises(TrainError, match=message):
+        train(load_config(None, {**TINY, **settings}), dataset, tmp_path / "run", progress=False)
 
 
 def test_resume_on_other_pseudo_labels_is_refused(dataset, tmp_path):
@@ -292,7 +329,8 @@ def test_resume_on_other_pseudo_labels_is_refused(dataset, tmp_path):
     settings = {**TINY, "labeled_ratio": 0.5, "init": str(tmp_path / "teacher" / "best.pth")}
     train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / "pl")}), dataset, tmp_path / "student",
           mode="pretrain", progress=False, stop_after=1)
-    with pytest.raises(TrainError, match="other images or pseudo-labels"):
+    with pytest.raises(TrainError, match=r"other pseudo-labels \(a folder of another teacher or other pseudo-label "
+                                         r"settings; the counts match: labeled 4, val 1, unlabeled 4\)"):
         train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / "pl_other")}), dataset,
               tmp_path / "student", mode="pretrain", progress=False, resume=True)
     with pytest.raises(TrainError, match=r"pseudo-labels on \(now off\)"):

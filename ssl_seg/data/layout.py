@@ -133,9 +133,13 @@ def list_images(folder: str | Path) -> list[Path]:
         raise DataError(f"image folder {folder}: not found; fix: check the path")
     images = _visible_files(folder, IMAGE_SUFFIXES)
     if not images:
+        # a dataset root: name its image folders, e.g. SS2's test/ or a generic layout's images/
+        inside = [str(sub) for sub in sorted(folder.iterdir())
+                  if sub.is_dir() and not sub.name.startswith(".") and _visible_files(sub, IMAGE_SUFFIXES)]
+        hint = f", e.g. {' or '.join(inside[:3])}" if inside else ""
         raise DataError(
             f"image folder {folder}: no images found (searched for {', '.join(IMAGE_SUFFIXES)}, any case); "
-            "fix: point to the folder that holds the images"
+            f"fix: point to the folder that holds the images{hint}"
         )
     _check_unique_stems(images, "images")
     return images

@@ -129,9 +129,11 @@ def merge_lock(out: Path):
 
 def comparable_settings(settings: dict) -> dict:
     """The settings two runs into one folder must share: the teacher's bytes and the refiner's kind, not
-    their paths (a project folder may move to another machine)."""
+    their paths (a project folder may move to another machine). Keys that folders of older versions do
+    not record are left out, and so not compared."""
     return {"refiner": settings["refiner"].split(":")[0],
-            **{k: settings.get(k) for k in ("threshold", "class_balance", "tta", "teacher_sha256")}}
+            **{k: settings[k] for k in ("threshold", "class_balance", "tta", "teacher_sha256", "dinov2")
+               if k in settings}}
 
 
 def check_same_settings(out: Path, settings: dict) -> None:
@@ -155,17 +157,14 @@ def check_same_settings(out: Path, settings: dict) -> None:
 def check_entries_agree(out: Path, entries: dict) -> None:
     """Shards started at the same moment with different options all pass ``check_same_settings`` (no
     image is finished yet when they compare): the merge is where their mixed masks are caught."""
-    kinds: dict[str, int] = {}
+    values: dict[str, set] = {}
     for entry in entries.values():
-        kind = json.dumps(comparable_settings(entry))
-        kinds[kind] = kinds.get(kind, 0) + 1
-    # entries of ssl_seg 0.1.4 and earlier record no teacher digest: their teacher is not compared
-    digests = {entry.get("teacher_sha256") for entry in entries.values()} - {None}
-    loose = {json.dumps({**comparable_settings(entry), "teacher_sha256": None}) for entry in entries.values()}
-    if len(loose) > 1 or len(digests) > 1:
-        described = "; ".join(f"{count} with {kind}" for kind, count in kinds.items())
-        raise ValueError(f"{out} mixes pseudo-labels of different settings ({described}), as shards started at "
-                         "once with different options make; delete the folder and rerun every shard with the same options")
+        for key, value in comparable_settings(entry).items():
+            values.setdefault(key, set()).add(json.dumps(value))
+    mixed = [f"{key} {' and '.join(sorted(found))}" for key, found in values.items() if len(found) > 1]
+    if mixed:
+        raise ValueError(f"{out} mixes pseudo-labels of different settings ({'; '.join(mixed)}), as shards started "
+                         "at once with different options make; delete the folder and rerun every shard with the same options")
 
 
 def merge_manifest(out: Path, settings: dict) -> dict:
@@ -189,10 +188,10 @@ def merge_manifest(out: Path, settings: dict) -> dict:
     return manifest
 
 
-def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, refine: str = "superpixel",
+def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, refine: str = "none",
                  sam: str | None = None, dinov2: str | None = None, labeled: str | None = None,
                  binary_class: str | None = None,
-                 local_files_only: bool = False, threshold: float = 0.8, tta: int = 1, tile_size: int = 512,
+                 local_files_only: bool = False, threshold: float = 0.9, tta: int = 1, tile_size: int = 512,
                  shard: tuple[int, int] = (0, 1), device: str = "auto", workers: int = 2,
                  progress: bool = True, class_balance: float = 0.0, superpixel_method: str = "slic") -> dict:
     if refine not in ("none", "superpixel", "sam"):
@@ -226,6 +225,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
         refiner = f"superpixel-{superpixel_method}"
     teacher_name = f"{Path(str(checkpoint)).resolve()}" + (f" + dinov2:{dinov2}" if feature_teacher else "")
     settings = {"teacher": teacher_name, "teacher_sha256": file_sha256(checkpoint_file(checkpoint)),
+                "dinov2": Path(dinov2).name if feature_teacher else None,  # the name, not the path: folders move
                 "refiner": refiner + (f":{sam}" if sam_refiner else ""),
                 "threshold": threshold, "class_balance": class_balance, "tta": tta, "ignore_index": IGNORE_INDEX,
                 "class_names": list(CLASS_NAMES), "images_expected": len(all_paths)}
@@ -272,7 +272,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
             "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
             "threshold": threshold, "class_balance": class_balance, "tta": tta,
-            "teacher_sha256": settings["teacher_sha256"],
+            "teacher_sha256": settings["teacher_sha256"], "dinov2": settings["dinov2"],
         }
         # PNG encoding runs on a writer thread while the device labels the next image.
         pending.append(writer_pool.submit(write_outputs, out, path.stem, pseudo, confidence, entry))

@@ -112,12 +112,19 @@ def _tag(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name) or "_"
 
 
+def tensorboard_dir(run_dir: str | Path) -> Path:
+    """A training run's folder logs to its ``tb/`` (what ``tensorboard --logdir RUN/tb`` shows); any other
+    folder is a TensorBoard log folder itself."""
+    run_dir = Path(run_dir)
+    return run_dir / "tb" if (run_dir / "tb").is_dir() else run_dir
+
+
 def write_tensorboard(run_dir: str | Path, samples: Sequence[SampleSummary], ternary_png: bytes) -> None:
     """Per-sample fractions as scalars ``report/<sample>/<name>`` (step 0), the ternary diagram
     as image ``report/ternary`` and the sample table as text ``report/composition``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir))
+    writer = SummaryWriter(str(tensorboard_dir(run_dir)))
     try:
         lines = ["| sample | images | " + " | ".join(f"{m} % of organic" for m in MACERALS) + " |"]
         lines.append("|---" * (2 + len(MACERALS)) + "|")
@@ -257,7 +264,7 @@ def build_report(
         temp.write_text(page, encoding="utf-8")
     if run_dir is not None:
         write_tensorboard(run_dir, summaries, figures["ternary"])
-        paths["run_dir"] = Path(run_dir)
+        paths["run_dir"] = tensorboard_dir(run_dir)
     return {
         "bootstrap": bootstrap,
         "paths": paths,

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -158,9 +159,13 @@ def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samp
             changed.append("pseudo-labels " + ("on" if before["pseudo_labels"] else "off (online only)")
                            + f" (now {'on' if samples['pseudo_labels'] else 'off'})")
         else:
-            counts = ", ".join(f"{k} {before[k]}" for k in ("labeled", "val", "unlabeled"))
-            changed.append(f"other images or pseudo-labels ({counts}; now "
-                           + ", ".join(f"{k} {samples[k]}" for k in ("labeled", "val", "unlabeled")) + ")")
+            counts = {when: ", ".join(f"{k} {ids[k]}" for k in ("labeled", "val", "unlabeled"))
+                      for when, ids in (("before", before), ("now", samples))}
+            if counts["before"] == counts["now"]:  # the same numbers: files or pseudo-label settings differ
+                changed.append(f"other image files or other pseudo-labels (a folder of another teacher or other "
+                               f"pseudo-label settings; the counts match: {counts['now']})")
+            else:
+                changed.append(f"other images or pseudo-labels ({counts['before']}; now {counts['now']})")
     if changed:
         raise TrainError(f"{latest} was trained with {', '.join(changed)}; resume with the same settings "
                          "(the run's config is in its TensorBoard text tab), or start another --out")
@@ -261,8 +266,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         val_index = discover(cfg.val_dir, binary_class=binary)
         validate(val_index)
         labeled, val_samples = index.labeled, val_index.labeled
+        if not val_samples:
+            raise TrainError(f"--val-dir {cfg.val_dir} has no labeled images (image + mask pairs) to validate on; "
+                             "point it at a labeled dataset, or leave it out to validate on a split of --data")
+    if not labeled and index.labeled:
+        raise TrainError(f"val_fraction {cfg.val_fraction} leaves none of the {len(index.labeled)} labeled images of "
+                         f"{data} to train on; lower it with --set val_fraction=0.1 (or 0: no validation)")
     if not labeled:
-        raise TrainError(f"{data} has no labeled images to train on; see `ssl-seg synth --help` for the layout")
+        raise TrainError(f"{data} has no labeled images to train on; see the README's Data section for the layouts")
     unlabeled = []
     if mode == "pretrain" and cfg.pseudo_labels:
         unlabeled = pseudo_samples(Path(cfg.pseudo_labels))
@@ -477,4 +488,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     bar.close()
     if interrupted and done < cfg.steps:
         raise TrainingInterrupted(done, latest)
+    if rank == 0 and start_step == cfg.steps:
+        print(f"{out} already finished all {cfg.steps} steps; nothing to do", file=sys.stderr)
+    elif rank == 0 and done < cfg.steps:
+        print(f"stopped at step {done} of {cfg.steps} (--stop-after {stop_after}); add --resume to the same "
+              "command to continue", file=sys.stderr)
     return summary
