@@ -198,6 +198,20 @@ def test_the_dinov2_pipeline_runs_and_keeps_its_folder_apart(setup, tmp_path):
         pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)
 
 
+def test_without_weights_it_falls_back_and_says_so(setup, tmp_path, capsys):
+    teacher, images = setup
+    stats = pseudo_label(teacher, images, tmp_path / "pl", **{**FAST, "refine": "sam"}, sam=None)
+    assert "falling back to superpixel refinement" in capsys.readouterr().err
+    assert json.loads((tmp_path / "pl" / "manifest.json").read_text())["refiner"] == "superpixel" and stats["done"] == 5
+    pseudo_label(teacher, images, tmp_path / "pl2", **{**FAST, "refine": "sam"}, sam=str(tmp_path / "no_sam"),
+                 dinov2=str(tmp_path / "no_dinov2"), labeled=str(images.parent.parent), local_files_only=True)
+    said = capsys.readouterr().err
+    assert "no_sam" in said and "falling back to superpixel refinement" in said
+    assert "no_dinov2" in said and "continuing with the model teacher alone" in said
+    manifest = json.loads((tmp_path / "pl2" / "manifest.json").read_text())
+    assert manifest["refiner"] == "superpixel" and manifest["dinov2"] is None and "dinov2" not in manifest["teacher"]
+
+
 def test_pretrain_refuses_a_folder_with_unfinished_shards(setup, tmp_path):
     teacher, images = setup
     pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
