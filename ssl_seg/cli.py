@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from ssl_seg.config import TrainConfig
+
 TRAIN_FLAGS = {  # flag -> config key; flags left out keep the YAML / default value
     "model": str, "pretrained": str, "steps": int, "batch_size": int, "tile_size": int, "lr": float,
     "seed": int, "device": str, "init": str, "val_dir": str, "binary_class": str, "num_workers": int,
@@ -35,9 +37,7 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from ssl_seg.config import TrainConfig
-
-    default = TrainConfig()  # a flag left out keeps the --config value, else this default
+    default = TrainConfig  # a flag left out keeps the --config value, else this default
     parser.add_argument("--data", required=True, help="dataset folder (SS2 layout or images/ + masks/)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints and TensorBoard logs (tb/)")
     parser.add_argument("--config", help="YAML training config, e.g. experiments/ss2_segformer.yaml")
@@ -86,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(p)
     p.add_argument("--pseudo-labels", help="folder written by `ssl-seg pseudo-label`; without it the unlabeled "
                    "images of --data are learned through the mean-teacher consistency alone")
-    from ssl_seg.config import TrainConfig
-
     p.add_argument("--labeled-ratio", type=float,
                    help=f"share of each batch drawn from the labeled masks (default: {TrainConfig.labeled_ratio})")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ssl_seg.data.io import DataError, overlay, read_image, save_jpg, save_json, save_npy
+from ssl_seg.data.io import DataError, changed_settings, overlay, read_image, save_jpg, save_json, save_npy
 from ssl_seg.data.layout import list_images
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
@@ -73,8 +72,7 @@ def check_same_predictions(out: Path, settings: dict) -> None:
     path = out / "predict.json"
     if not path.is_file():  # folders of ssl_seg 0.1.4 and earlier record nothing
         return
-    before = json.loads(path.read_text())
-    changed = [f"{k} {before[k]} -> {v}" for k, v in settings.items() if k in before and before[k] != v]
+    changed = changed_settings(path, settings)
     if changed:
         raise ValueError(f"{out} holds masks predicted with other settings ({'; '.join(changed)}); --skip-existing "
                          "would mix them: drop it to predict every image again, or pass another --out")

@@ -450,6 +450,13 @@ def csv_lines(path: str | Path) -> list[str]:
                         "fix: save it as a UTF-8 CSV") from None
 
 
+def changed_settings(record: str | Path, now: dict) -> list[str]:
+    """``"key before -> now"`` for each key of ``now`` that the JSON file ``record`` holds with another
+    value; keys it does not hold (folders of older versions) are not compared."""
+    before = json.loads(Path(record).read_text())
+    return [f"{key} {before[key]} -> {value}" for key, value in now.items() if key in before and before[key] != value]
+
+
 def save_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (UTF-8, trailing newline)."""
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"

@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.data.io import DataError, overlay, read_image, remove_stale_temporaries, save_json, save_png
+from ssl_seg.data.io import DataError, changed_settings, overlay, read_image, remove_stale_temporaries, save_json, save_png
 from ssl_seg.data.layout import discover, validate
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
@@ -144,9 +144,7 @@ def check_same_settings(out: Path, settings: dict) -> None:
     now = comparable_settings(settings)
     path = out / "settings.json"
     if path.is_file() and any((out / "entries").glob("[!.]*.json")):
-        before = json.loads(path.read_text())
-        # folders of ssl_seg 0.1.3 and earlier record no teacher digest
-        changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if k in before and before[k] != v]
+        changed = changed_settings(path, now)  # folders of ssl_seg 0.1.3 and earlier record no teacher digest
         if changed:
             raise ValueError(f"{out} holds pseudo-labels made with other settings ({'; '.join(changed)}); "
                              "rerun with the same ones to resume, or pass another --out")

@@ -159,13 +159,12 @@ def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samp
             changed.append("pseudo-labels " + ("on" if before["pseudo_labels"] else "off (online only)")
                            + f" (now {'on' if samples['pseudo_labels'] else 'off'})")
         else:
-            counts = {when: ", ".join(f"{k} {ids[k]}" for k in ("labeled", "val", "unlabeled"))
-                      for when, ids in (("before", before), ("now", samples))}
-            if counts["before"] == counts["now"]:  # the same numbers: files or pseudo-label settings differ
+            then, now = (", ".join(f"{k} {ids[k]}" for k in ("labeled", "val", "unlabeled")) for ids in (before, samples))
+            if then == now:  # the same numbers: files or pseudo-label settings differ
                 changed.append(f"other image files or other pseudo-labels (a folder of another teacher or other "
-                               f"pseudo-label settings; the counts match: {counts['now']})")
+                               f"pseudo-label settings; the counts match: {now})")
             else:
-                changed.append(f"other images or pseudo-labels ({counts['before']}; now {counts['now']})")
+                changed.append(f"other images or pseudo-labels ({then}; now {now})")
     if changed:
         raise TrainError(f"{latest} was trained with {', '.join(changed)}; resume with the same settings "
                          "(the run's config is in its TensorBoard text tab), or start another --out")
