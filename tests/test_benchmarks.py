@@ -83,3 +83,10 @@ def test_seed_way_smoke(tmp_path):
     # ours embeds once and batches the prompts; the seed's way calls the model once per prompt
     assert sam["model_calls_per_image"]["ours"] < sam["model_calls_per_image"]["seed"]
     assert sam["maps_agree_fraction"] > 0.9
+
+
+def test_augment_smoke(tmp_path):
+    result = run_smoke("bench_augment", tmp_path)
+    figures = result["ms_per_batch"]
+    assert all(positive(ms) for ms in figures.values())
+    assert "photometric strong (pipeline)" in figures and "  strong ColorJiggle alone, p=1" in figures

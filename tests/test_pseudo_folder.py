@@ -235,3 +235,28 @@ def test_a_corrupt_mask_names_the_fix_that_redoes_it(setup, tmp_path):
     broken.unlink()  # the fix, as the error gives it
     assert pseudo_label(teacher, images, tmp_path / "pl", **FAST)["done"] == 1
     assert read_mask(broken, pseudo=True).shape == (64, 80)
+
+
+def test_images_labelled_at_once_give_the_same_files(setup, tmp_path):
+    teacher, images = setup
+    for at_once in (1, 3):
+        pseudo_label(teacher, images, tmp_path / f"pl{at_once}", images_at_once=at_once,
+                     **{**FAST, "refine": "superpixel"})
+    for sub in ("masks", "confidence", "entries"):
+        one, three = (sorted((tmp_path / f"pl{n}" / sub).iterdir()) for n in (1, 3))
+        assert [p.name for p in one] == [p.name for p in three] and len(one) == 5
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, three))
+
+
+@pytest.mark.parametrize("at_once", [1, 3])
+def test_an_unreadable_image_stops_the_run_after_the_images_before_it(setup, tmp_path, at_once):
+    teacher, images = setup
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = sorted(images.iterdir())
+    for path in paths:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / f"{paths[2].stem}b.jpg").write_bytes(b"not a jpeg")  # sorts third of six
+    with pytest.raises(DataError, match="b.jpg"):
+        pseudo_label(teacher, folder, tmp_path / "pl", images_at_once=at_once, **FAST)
+    assert sorted(p.stem for p in (tmp_path / "pl" / "entries").glob("*.json")) == [p.stem for p in paths[:3]]

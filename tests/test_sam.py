@@ -3,12 +3,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from transformers import SamModel, SamProcessor
 
 from ssl_seg import IGNORE_INDEX
 from ssl_seg.models.hub import ModelLoadError
 from ssl_seg.models.sam import (
     SamRefiner,
+    interior_point,
     prompts_from_labels,
     tiny_sam_config,
     vit_b_sam_config,
@@ -69,6 +71,27 @@ def test_prompts_one_per_confident_component_largest_first():
         x0, y0, x1, y1 = prompt.box
         assert x0 <= cols.min() and y0 <= rows.min() and x1 >= cols.max() and y1 >= rows.max()
     assert len(prompts_from_labels(labels, confidence, min_area=16, max_prompts=2)) == 2
+
+
+def ring(size: int, outer: float, inner: float) -> np.ndarray:
+    rows, cols = np.mgrid[:size, :size] - (size - 1) / 2
+    radius = np.hypot(rows, cols)
+    return (radius <= outer) & (radius >= inner)
+
+
+@pytest.mark.parametrize(
+    "component",
+    [ring(40, 18, 0), ring(600, 290, 0), ring(600, 290, 240), ring(600, 290, 286), np.eye(700, dtype=bool),
+     np.ones((3, 900), bool), np.random.default_rng(0).random((500, 700)) > 0.3],
+    ids=["small-disc", "large-disc", "large-ring", "thin-large-ring", "diagonal-line", "thin-bar", "speckle"],
+)
+def test_interior_point_lies_inside_and_far_from_the_boundary(component):
+    row, col = interior_point(component)
+    assert component[row, col]
+    distance = ndimage.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
+    # large crops are measured on blocks: the point is within a block's width of the deepest one
+    block = -(-max(component.shape) // 256)
+    assert distance[row, col] >= distance.max() - 2 * block
 
 
 def test_refine_returns_a_valid_map_and_stats(tiny_model):

@@ -71,8 +71,8 @@ def prompts_from_labels(
     """One box + one positive point per confident connected component (area >= min_area).
 
     Components come from `skimage.measure.label` (8-connectivity) on each class's confident
-    pixels; the point is the pixel farthest from the component's boundary (distance transform),
-    so it lies inside even for rings and crescents. Background (class 0) gets no prompts.
+    pixels; the point is the pixel farthest from the component's boundary (`interior_point`), so
+    it lies inside even for rings and crescents. Background (class 0) gets no prompts.
     The largest `max_prompts` components are kept, largest first.
     """
     base = threshold_labels(labels, confidence, threshold)
@@ -88,9 +88,7 @@ def prompts_from_labels(
     prompts: list[Prompt] = []
     for class_id, region in candidates[:max_prompts]:
         top, left, bottom, right = region.bbox  # bottom/right exclusive
-        # Distance to the component's boundary on its own crop (zero border: the image edge counts).
-        distance = ndimage.distance_transform_edt(np.pad(region.image, 1))[1:-1, 1:-1]
-        peak_row, peak_col = np.unravel_index(int(distance.argmax()), distance.shape)
+        peak_row, peak_col = interior_point(region.image)
         margin = max(2, round(box_margin * max(bottom - top, right - left)))
         box = (
             float(max(0, left - margin)),
@@ -98,17 +96,44 @@ def prompts_from_labels(
             float(min(width - 1, right - 1 + margin)),
             float(min(height - 1, bottom - 1 + margin)),
         )
-        rows, cols = np.nonzero(region.image)
+        pixels, cols = np.nonzero(region.image)
+        pixels += top  # flat indices built in place: a whole-image component has a million pixels
+        pixels *= width
+        pixels += cols
+        pixels += left
         prompts.append(
             Prompt(
                 class_id=class_id,
                 box=box,
                 point=(float(left + peak_col), float(top + peak_row)),
                 area=int(region.area),
-                pixels=(rows.astype(np.int64) + top) * width + cols + left,
+                pixels=pixels.astype(np.int64, copy=False),
             )
         )
     return prompts
+
+
+def interior_point(component: np.ndarray, max_side: int = 256) -> tuple[int, int]:
+    """(row, col) of a pixel of ``component`` (a boolean crop) farthest from its boundary.
+
+    The crop's edge counts as boundary (it may be the image's). A crop longer than ``max_side``
+    is first shrunk by keeping only blocks that lie wholly inside: the distance transform of an
+    image-sized component then costs about a tenth, and the point, a block's centre pixel, still
+    lies inside. Components too thin for any whole block are measured in full.
+    """
+    factor = -(-max(component.shape) // max_side)
+    if factor > 1:
+        height, width = component.shape
+        padded = np.zeros((-(-height // factor) * factor, -(-width // factor) * factor), bool)
+        padded[:height, :width] = component
+        blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).all(axis=(1, 3))
+        if blocks.any():
+            distance = ndimage.distance_transform_edt(np.pad(blocks, 1))[1:-1, 1:-1]
+            row, col = np.unravel_index(int(distance.argmax()), distance.shape)
+            return int(row) * factor + factor // 2, int(col) * factor + factor // 2
+    distance = ndimage.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(distance.argmax()), distance.shape)
+    return int(row), int(col)
 
 
 def resized_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:

@@ -191,7 +191,13 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
                  binary_class: str | None = None,
                  local_files_only: bool = False, threshold: float = 0.9, tta: int = 1, tile_size: int = 512,
                  shard: tuple[int, int] = (0, 1), device: str = "auto", workers: int = 2,
-                 progress: bool = True, class_balance: float = 0.0, superpixel_method: str = "slic") -> dict:
+                 progress: bool = True, class_balance: float = 0.0, superpixel_method: str = "slic",
+                 images_at_once: int | None = None) -> dict:
+    """Pseudo-label every (shard's) image of ``images`` into ``out``; returns counts and the manifest summary.
+
+    ``images_at_once`` images are labelled concurrently (default: 4 on CUDA, so that some images' CPU work
+    (SAM prompts, superpixels) overlaps others' device work; 1 elsewhere). The files do not depend on it.
+    """
     if refine not in ("none", "superpixel", "sam"):
         raise ValueError(f"refine must be none, superpixel or sam, not {refine!r}")
     if superpixel_method not in SUPERPIXEL_METHODS:
@@ -241,10 +247,8 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     stats = {"done": 0, "skipped": len(paths) - len(todo)}
     class_pixels = np.zeros(NUM_CLASSES + 1, np.int64)  # the last bin counts ignored pixels
 
-    writer_pool, pending = ThreadPoolExecutor(max_workers=2), deque()
-    bar = tqdm(decoded_images(todo, workers), total=len(todo), desc=f"pseudo-label {shard_index}/{shard_count}",
-               disable=not progress)
-    for i, (path, image) in enumerate(bar):
+    def label_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(confidence, pseudo mask, refiner stats) of one image."""
         probs = predict_proba(model, to_tensor(image, device_), tile_size=tile_size, tta=tta)[0]
         if feature_teacher is not None:
             from ssl_seg.pseudo.features import combine
@@ -261,35 +265,61 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             pseudo, info = superpixel_refine(image, labels, balanced, threshold=threshold, method=superpixel_method)
         else:
             pseudo, info = threshold_labels(labels, balanced, threshold), {"changed_pixels": 0}
+        return confidence, pseudo, info
 
-        counts = np.bincount(pseudo.ravel(), minlength=256)
-        class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
-        entry = {
-            "image": manifest_image_path(path, out), "mask": f"masks/{path.stem}.png", "confidence": f"confidence/{path.stem}.png",
-            "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
-            "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
-            "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
-            "threshold": threshold, "class_balance": class_balance, "tta": tta,
-            "teacher_sha256": settings["teacher_sha256"], "dinov2": settings["dinov2"],
-        }
-        # PNG encoding runs on a writer thread while the device labels the next image.
-        pending.append(writer_pool.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
-        while len(pending) > 8:
-            pending.popleft().result()
-        stats["done"] += 1
+    # Results are taken in order whatever images_at_once is. PNG encoding runs on writer threads.
+    in_flight = images_at_once or (4 if device_.type == "cuda" else 1)  # 4: see README, Performance
+    labelers, writers = ThreadPoolExecutor(max_workers=in_flight), ThreadPoolExecutor(max_workers=2 * in_flight)
+    labelling, pending, unreadable = deque(), deque(), None
+    images_in = iter(decoded_images(todo, workers))
+    bar = tqdm(total=len(todo), desc=f"pseudo-label {shard_index}/{shard_count}", disable=not progress)
+    try:
+        for i in range(len(todo)):
+            while unreadable is None and len(labelling) < in_flight:
+                try:
+                    path, image = next(images_in)
+                except StopIteration:
+                    break
+                except DataError as exc:  # raised once the images before it are done and written
+                    unreadable = exc
+                    break
+                labelling.append((path, image, labelers.submit(label_image, image)))
+            if not labelling:
+                raise unreadable
+            path, image, job = labelling.popleft()
+            confidence, pseudo, info = job.result()
+            counts = np.bincount(pseudo.ravel(), minlength=256)
+            class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
+            entry = {
+                "image": manifest_image_path(path, out), "mask": f"masks/{path.stem}.png",
+                "confidence": f"confidence/{path.stem}.png",
+                "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
+                "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
+                "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
+                "threshold": threshold, "class_balance": class_balance, "tta": tta,
+                "teacher_sha256": settings["teacher_sha256"], "dinov2": settings["dinov2"],
+            }
+            pending.append(writers.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
+            while len(pending) > 8:
+                pending.popleft().result()
+            stats["done"] += 1
+            bar.update()
 
-        step = stats["skipped"] + i  # a resumed run goes on after the images of the earlier ones
-        writer.add_scalar("pseudo/confident_fraction", entry["confident_fraction"], step)
-        writer.add_scalar("pseudo/changed_pixels", entry["changed_pixels"], step)
-        for c, name in enumerate(CLASS_NAMES):
-            writer.add_scalar(f"pseudo/class_fraction/{name}", entry["class_fractions"][name], step)
-        if step < 4:
-            writer.add_image(f"pseudo/overlay_{step}", overlay(image, pseudo), 0, dataformats="HWC")
-        if step % 16 == 0:
-            writer.add_histogram("pseudo/confidence", confidence[::4, ::4].ravel(), step)
+            step = stats["skipped"] + i  # a resumed run goes on after the images of the earlier ones
+            writer.add_scalar("pseudo/confident_fraction", entry["confident_fraction"], step)
+            writer.add_scalar("pseudo/changed_pixels", entry["changed_pixels"], step)
+            for c, name in enumerate(CLASS_NAMES):
+                writer.add_scalar(f"pseudo/class_fraction/{name}", entry["class_fractions"][name], step)
+            if step < 4:
+                writer.add_image(f"pseudo/overlay_{step}", overlay(image, pseudo), 0, dataformats="HWC")
+            if step % 16 == 0:
+                writer.add_histogram("pseudo/confidence", confidence[::4, ::4].ravel(), step)
+    finally:  # on any stop, the images already labelled are still written
+        bar.close()
+        labelers.shutdown(cancel_futures=True)
+        writers.shutdown()
     for job in pending:
-        job.result()
-    writer_pool.shutdown()
+        job.result()  # a failed write surfaces here
     if writer is not None:
         writer.add_figure("pseudo/class_histogram", class_histogram_figure(class_pixels), 0)
         writer.close()
