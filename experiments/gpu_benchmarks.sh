@@ -18,8 +18,9 @@ declare -A commands=(
     [finetune_b5_compiled]="bench_train_step.py $b5 --channels-last --compile"
     [seed_way_b5]="bench_seed_way.py $b5"
     [augment]="bench_augment.py"
+    [sam_precision]="check_sam_precision.py"
 )
-names=${*:-pseudo_label pseudo_label_b5 finetune_b5 pretrain_b5 finetune_b5_compiled seed_way_b5 augment}
+names=${*:-pseudo_label pseudo_label_b5 finetune_b5 pretrain_b5 finetune_b5_compiled seed_way_b5 augment sam_precision}
 for name in $names; do
     [ -n "${commands[$name]:-}" ] || { echo "unknown benchmark $name; one of: ${!commands[*]}" >&2; exit 2; }
 done

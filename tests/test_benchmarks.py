@@ -90,3 +90,12 @@ def test_augment_smoke(tmp_path):
     figures = result["ms_per_batch"]
     assert all(positive(ms) for ms in figures.values())
     assert "photometric strong (pipeline)" in figures and "  strong ColorJiggle alone, p=1" in figures
+
+
+def test_check_sam_precision_smoke(tmp_path):
+    result = run_smoke("check_sam_precision", tmp_path)
+    (row,) = result["agreement"]
+    assert row["prompts"] > 0
+    # on a CPU no autocast is used: bf16 and fp32 runs are the same run, and both ways agree
+    assert row["batched vs batched, bf16 vs fp32"] == 1.0
+    assert row["batched vs one at a time, fp32"] > 0.99
