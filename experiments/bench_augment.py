@@ -61,9 +61,7 @@ def single_ops(pipeline: K.AugmentationSequential) -> dict[str, torch.nn.Module]
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = common.pick_device(args.device)
-    info = common.describe_device(device)
-    common.print_header("training augmentation cost (ssl_seg.augment)", info)
+    device, info = common.start("training augmentation cost (ssl_seg.augment)", args.device)
     size, batch = args.tile_size, args.batch_size
     print(f"batch {batch} x 3 x {size}x{size} float32, median of {args.repeats} calls", flush=True)
 

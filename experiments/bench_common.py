@@ -363,6 +363,14 @@ def workdir(path: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def start(title: str, device_name: str) -> tuple[torch.device, dict[str, Any]]:
+    """The device a script runs on and its description, with the script's header printed."""
+    device = pick_device(device_name)
+    info = describe_device(device)
+    print_header(title, info)
+    return device, info
+
+
 def print_header(title: str, info: dict[str, Any]) -> None:
     print(f"== {title}")
     print(f"device: {info['device']} | torch {info['torch']}"

@@ -179,9 +179,8 @@ def decode_ms(paths: list[Path]) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = args.device_ = common.pick_device(args.device)
-    info = common.describe_device(device)
-    common.print_header("pseudo-labelling throughput (ssl_seg.pseudo.run.pseudo_label)", info)
+    device, info = common.start("pseudo-labelling throughput (ssl_seg.pseudo.run.pseudo_label)", args.device)
+    args.device_ = device
     height, width = args.size
     print(f"{args.images} JPEGs {height}x{width}, teacher {args.teacher} (random), refine {args.refine}"
           + (f" with SAM {args.sam} (random)" if args.refine == "sam" else "")

@@ -219,9 +219,7 @@ def faster_or_slower(ratio: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = common.pick_device(args.device)
-    info = common.describe_device(device)
-    common.print_header("ours versus the seed's way (same run, alternating trials)", info)
+    device, info = common.start("ours versus the seed's way (same run, alternating trials)", args.device)
     result = {**info, "benchmark": "seed_way"}
     with common.workdir(args.workdir) as work:
         root = common.synthetic_dataset(work / "data", args.size, labeled=args.labeled, unique=args.unique)

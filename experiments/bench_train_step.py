@@ -132,9 +132,7 @@ def breakdown(scalars: dict, batch_size: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = common.pick_device(args.device)
-    info = common.describe_device(device)
-    common.print_header("training step breakdown (ssl_seg.train.trainer.train)", info)
+    device, info = common.start("training step breakdown (ssl_seg.train.trainer.train)", args.device)
     print(f"{args.mode}: {args.model} (random), batch {args.batch_size} x {args.tile_size}x{args.tile_size}, "
           f"{args.steps} steps, channels_last {args.channels_last}, compile {args.compile}, "
           f"amp {not args.no_amp and device.type == 'cuda'}, {args.workers} workers", flush=True)

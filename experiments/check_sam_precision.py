@@ -43,9 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = common.pick_device(args.device)
-    info = common.describe_device(device)
-    common.print_header("SAM batched path against the one-at-a-time reference, bf16 and fp32", info)
+    device, info = common.start("SAM batched path against the one-at-a-time reference, bf16 and fp32", args.device)
     with common.workdir(args.workdir) as work:
         root = common.synthetic_dataset(work / "data", args.size, unlabeled=args.images, unique=args.images)
         paths = sorted((root / "train" / "unlabeled").glob("*.JPG"))
