@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from skimage.measure import block_reduce
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
@@ -123,10 +124,7 @@ def interior_point(component: np.ndarray, max_side: int = 256) -> tuple[int, int
     """
     factor = -(-max(component.shape) // max_side)
     if factor > 1:
-        height, width = component.shape
-        padded = np.zeros((-(-height // factor) * factor, -(-width // factor) * factor), bool)
-        padded[:height, :width] = component
-        blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).all(axis=(1, 3))
+        blocks = block_reduce(component, (factor, factor), np.all, cval=False)
         if blocks.any():
             distance = ndimage.distance_transform_edt(np.pad(blocks, 1))[1:-1, 1:-1]
             row, col = np.unravel_index(int(distance.argmax()), distance.shape)
