@@ -56,7 +56,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binary-class", help="class of 0/255 binary masks in the labels folder, e.g. liptinite")
     parser.add_argument("--num-workers", type=int,
                         help=f"DataLoader workers reading and cropping images (default: {default.num_workers})")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pth")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from latest.pth, with the settings it started with")
     parser.add_argument("--stop-after", type=int, metavar="STEPS",
                         help="stop after this many steps of this invocation (latest.pth saved; --resume continues)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, choices=[1, 2, 8], help="flip/rot90 views averaged (default: 1)")
     p.add_argument("--tile-size", type=int, help="sliding-window tile (default: 512)")
     p.add_argument("--shard", default="0/1", help="i/n: label only every n-th image starting at i")
+    p.add_argument("--images-at-once", type=int, metavar="N",
+                   help="images labelled concurrently, so that one's CPU work overlaps another's GPU work; "
+                        "the files do not depend on it (default: 4 on CUDA, 1 on CPU)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--no-progress", action="store_true")
@@ -155,7 +159,13 @@ def _train_config(args: argparse.Namespace):
     for key in ("pseudo_labels", "labeled_ratio"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
-    cfg = load_config(args.config, overrides)
+    base, latest = None, Path(args.out) / "latest.pth"
+    if args.resume and latest.is_file():  # the run's own settings; flags given now override them
+        from ssl_seg.train.checkpoint import load_checkpoint
+        from ssl_seg.train.trainer import saved_config
+
+        base = saved_config(load_checkpoint(latest))
+    cfg = load_config(args.config, overrides, base=base)
     return apply_overrides(cfg, args.set)
 
 
@@ -201,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
                              local_files_only=cfg.local_files_only,
                              threshold=cfg.pseudo_threshold, tta=cfg.tta, tile_size=cfg.infer_tile_size,
                              shard=(shard_index, shard_count), device=cfg.device, progress=not args.no_progress,
-                             class_balance=cfg.pseudo_class_balance, superpixel_method=cfg.superpixel_method)
+                             class_balance=cfg.pseudo_class_balance, superpixel_method=cfg.superpixel_method,
+                             images_at_once=args.images_at_once)
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(stats, indent=2))
     elif args.command == "predict":
@@ -263,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
               "and free space", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 says it for all
+            return 130
         resume = "add --resume to the same command to continue from the last saved step"
         how = {"finetune": resume, "pretrain": resume,
                "predict": "add --skip-existing to the same command to keep the masks already written"

@@ -123,9 +123,10 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfi
     return dataclasses.replace(cfg, **changes)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
-    """Defaults, then the YAML file (flat ``key: value``), then overrides."""
-    cfg = TrainConfig()
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default: the defaults), then the YAML file (flat ``key: value``), then overrides."""
+    cfg = base or TrainConfig()
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
     settings = {"checkpoint_sha256": file_sha256(checkpoint_file(checkpoint)), "tta": tta, "tile_size": tile_size}
     if skip_existing:
         check_same_predictions(out, settings)
+    else:
+        remove_other_predictions(out, settings, paths)
     save_json(out / "predict.json", settings)  # before any mask: a later --skip-existing compares with it
     todo = [p for p in paths if not (skip_existing and (out / f"{p.stem}_pred.npy").exists())]
     written = []
@@ -76,3 +79,17 @@ def check_same_predictions(out: Path, settings: dict) -> None:
     if changed:
         raise ValueError(f"{out} holds masks predicted with other settings ({'; '.join(changed)}); --skip-existing "
                          "would mix them: drop it to predict every image again, or pass another --out")
+
+
+def remove_other_predictions(out: Path, settings: dict, paths: list[Path]) -> None:
+    """A full run with other settings replaces the masks of its images; they go first, so that if it is
+    interrupted, a ``--skip-existing`` rerun does not keep the older model's masks of the images not yet done."""
+    record = out / "predict.json"
+    if not record.is_file() or not changed_settings(record, settings):
+        return
+    stale = [out / f"{path.stem}_pred.npy" for path in paths if (out / f"{path.stem}_pred.npy").is_file()]
+    for mask in stale:
+        mask.unlink()
+        (out / "overlays" / f"{mask.name[:-len('_pred.npy')]}.jpg").unlink(missing_ok=True)
+    if stale:
+        print(f"ssl-seg predict: replacing {len(stale)} masks of other settings in {out}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -33,13 +35,42 @@ out = sys.argv[sys.argv.index("--out") + 1]
 torch.save({"initial": initial, "trained": flat(built[0])}, f"{out}/weights_rank{os.environ['RANK']}.pt")
 """
 
+# Run by torchrun in each rank: the CLI, leaving a mark in $MARKS when the rank starts its third step.
+MARK_THIRD_STEP = """
+import os
+import sys
+from pathlib import Path
+from ssl_seg import cli
+from ssl_seg.train import trainer
+
+class MarkThirdStep(trainer.TrainAugment):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        geometric, calls = self.geometric, []
+        del self.geometric
+
+        def mark(*args):
+            calls.append(1)
+            if len(calls) == 3:
+                Path(os.environ["MARKS"], "rank" + os.environ["RANK"]).touch()
+            return geometric(*args)
+
+        self.geometric = mark
+
+trainer.TrainAugment = MarkThirdStep
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def torchrun_command(*args, script=None):
+    target = [str(script)] if script else ["-m", "ssl_seg"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target, *args]
+
 
 def torchrun(*args, timeout=240, script=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    target = [str(script)] if script else ["-m", "ssl_seg"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               *target, *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    done = subprocess.run(torchrun_command(*args, script=script), capture_output=True, text=True, timeout=timeout,
+                          env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -66,6 +97,33 @@ def test_ddp_finetune_and_resume(dataset, tmp_path):
     # Only rank 0 writes: one event file per invocation, no stray per-rank folders.
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 2
     assert sorted(p.name for p in run.iterdir()) == ["best.pth", "latest.pth", "tb"]
+
+
+def test_ctrl_c_under_torchrun_stops_every_rank_after_one_step_and_saves_it(dataset, tmp_path):
+    script, marks, run = tmp_path / "mark_third_step.py", tmp_path / "marks", tmp_path / "run"
+    script.write_text(MARK_THIRD_STEP)
+    marks.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MARKS": str(marks)}
+    command = torchrun_command("finetune", "--data", str(dataset), "--out", str(run), "--steps", "100000",
+                               "--batch-size", "2", "--tile-size", "64", "--num-workers", "1", "--no-progress",
+                               "--set", "val_every=100000", "warmup_steps=1", script=script)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(marks.iterdir())) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: torchrun, both ranks and their workers
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    step = torch.load(run / "latest.pth", weights_only=True)["step"]
+    assert 3 <= step < 100000 and err.count(f"interrupted (stopped after step {step}, saved in") == 1, err[-3000:]
+    torchrun("finetune", "--data", str(dataset), "--out", str(run), "--resume", "--stop-after", "1", "--no-progress")
+    assert torch.load(run / "latest.pth", weights_only=True)["step"] == step + 1
 
 
 def test_ddp_ranks_stay_in_sync(dataset, tmp_path):

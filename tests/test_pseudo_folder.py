@@ -1,9 +1,11 @@
 """One pseudo-label folder: shards merge into one manifest, one setting per folder, bad settings refused."""
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ssl_seg.config import load_config
@@ -56,6 +58,8 @@ def test_rerun_with_other_settings_is_refused(setup, tmp_path):
         pseudo_label(teacher, images, tmp_path / "pl", **{**FAST, "threshold": 0.9})
     with pytest.raises(ValueError, match="refiner none -> superpixel"):
         pseudo_label(teacher, images, tmp_path / "pl", **{**FAST, "refine": "superpixel"})
+    with pytest.raises(ValueError, match="tile_size 64 -> 48"):  # tiles change the blended probabilities
+        pseudo_label(teacher, images, tmp_path / "pl", **{**FAST, "tile_size": 48})
     assert pseudo_label(teacher, images, tmp_path / "pl", **FAST)["skipped"] == 5  # the same settings resume
 
 
@@ -194,8 +198,21 @@ def test_the_dinov2_pipeline_runs_and_keeps_its_folder_apart(setup, tmp_path):
     entries = [json.loads(path.read_text()) for path in (tmp_path / "pl" / "entries").glob("*.json")]
     assert len(entries) == 3 and all(e["dinov2"] == "dino" and e["teacher"].endswith(" + dinov2:" + str(tmp_path / "dino"))
                                      for e in entries)
-    with pytest.raises(ValueError, match=r"other settings \(dinov2 dino -> None\)"):
+    with pytest.raises(ValueError, match=r"other settings \(dinov2 dino -> None; dinov2_labeled [0-9a-f]+ -> None\)"):
         pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)
+    # other labeled masks give other class prototypes: the same weights, another feature teacher
+    other = tmp_path / "other_labeled"
+    shutil.copytree(images.parent.parent, other)
+    mask_path = next((other / "train" / "labels").glob("*_gt.npy"))
+    mask = np.load(mask_path)
+    mask[0, 0] = (mask[0, 0] + 1) % 4
+    np.save(mask_path, mask)
+    with pytest.raises(ValueError, match=r"other settings \(dinov2_labeled [0-9a-f]+ -> [0-9a-f]+\)"):
+        pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), dinov2=str(tmp_path / "dino"),
+                     labeled=str(other), local_files_only=True, **FAST)
+    moved = shutil.copytree(images.parent.parent, tmp_path / "moved")  # the same masks elsewhere: they resume
+    assert pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), dinov2=str(tmp_path / "dino"),
+                        labeled=str(moved), local_files_only=True, **FAST)["images"] == 5
 
 
 def test_without_weights_it_falls_back_and_says_so(setup, tmp_path, capsys):
@@ -260,3 +277,15 @@ def test_an_unreadable_image_stops_the_run_after_the_images_before_it(setup, tmp
     with pytest.raises(DataError, match="b.jpg"):
         pseudo_label(teacher, folder, tmp_path / "pl", images_at_once=at_once, **FAST)
     assert sorted(p.stem for p in (tmp_path / "pl" / "entries").glob("*.json")) == [p.stem for p in paths[:3]]
+
+
+def test_cli_images_at_once(setup, tmp_path, capsys):
+    from ssl_seg.cli import main
+
+    teacher, images = setup
+    command = ["pseudo-label", "--checkpoint", str(teacher), "--images", str(images), "--out", str(tmp_path / "pl"),
+               "--tile-size", "64", "--threshold", "0", "--no-progress"]
+    assert main(command + ["--images-at-once", "0"]) == 2
+    assert "--images-at-once must be at least 1, got 0" in capsys.readouterr().err
+    assert main(command + ["--images-at-once", "2"]) == 0
+    assert len(list((tmp_path / "pl" / "entries").glob("*.json"))) == 5

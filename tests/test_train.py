@@ -69,6 +69,26 @@ def test_finetune_predict_evaluate(dataset, tmp_path):
     assert again == [redone] and (np.load(kept) == 3).all()
 
 
+def test_an_interrupted_rerun_with_other_settings_does_not_keep_the_older_masks(dataset, tmp_path, capsys):
+    from ssl_seg.data.io import DataError
+
+    train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False)
+    first, second = sorted((dataset / "test").iterdir())
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in (first, second):
+        (images / path.name).write_bytes(path.read_bytes())
+    run = {"tile_size": 64, "progress": False, "workers": 0}
+    predict_folder(tmp_path / "run", images, tmp_path / "pred", tta=1, **run)
+    (images / f"{first.stem}b.jpg").write_bytes(b"not a jpeg")  # sorts between the two: stops the rerun there
+    with pytest.raises(DataError):
+        predict_folder(tmp_path / "run", images, tmp_path / "pred", tta=8, **run)
+    assert "replacing 2 masks of other settings" in capsys.readouterr().err
+    (images / f"{first.stem}b.jpg").unlink()
+    again = predict_folder(tmp_path / "run", images, tmp_path / "pred", tta=8, skip_existing=True, **run)
+    assert again == [tmp_path / "pred" / f"{second.stem}_pred.npy"]  # the tta=1 mask was not kept
+
+
 def test_an_unreadable_image_keeps_the_masks_written_and_says_how_to_go_on(dataset, tmp_path):
     from ssl_seg.data.io import DataError
 
@@ -236,10 +256,14 @@ def ctrl_c_as_in_a_terminal():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])  # Ctrl-C; a scheduler's preemption
 def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path, monkeypatch, capsys,
-                                                               ctrl_c_as_in_a_terminal):
+                                                               ctrl_c_as_in_a_terminal, signal_name):
     import os
     import signal
+
+    signum = getattr(signal, signal_name)
+    handler_before = signal.getsignal(signum)
 
     import ssl_seg.train.trainer as trainer
 
@@ -257,7 +281,7 @@ def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path
             def press_ctrl_c_at_third_step(*args):
                 calls.append(1)
                 if len(calls) == 3:
-                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), signum)
                 return geometric(*args)
 
             self.geometric = press_ctrl_c_at_third_step
@@ -269,7 +293,7 @@ def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert "stopped after step 3" in err and "add --resume" in err, err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before again
+    assert signal.getsignal(signum) is handler_before  # the signal works as before again
     assert torch.load(tmp_path / "split" / "latest.pth", weights_only=True)["step"] == 3
     monkeypatch.setattr(trainer, "TrainAugment", original)
     assert main(argv + ["--resume"]) == 0
@@ -305,6 +329,19 @@ def test_cli_lists_only_the_checkpoints_written(dataset, tmp_path, capsys):
               "--batch-size", "2", "--tile-size", "64", "--num-workers", "0", "--set", "val_every=4", "--resume"]
     assert main(finish) == 0 and "stopped" not in capsys.readouterr().err
     assert main(finish) == 0 and "already finished all 6 steps; nothing to do" in capsys.readouterr().err
+
+
+def test_cli_resume_takes_the_runs_settings_from_latest(dataset, tmp_path, capsys):
+    run = ["finetune", "--data", str(dataset), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(run + ["--steps", "5", "--stop-after", "2", "--batch-size", "3", "--tile-size", "48", "--lr", "3e-3",
+                       "--num-workers", "0", "--set", "val_every=4", "warmup_steps=1"]) == 0
+    assert main(run + ["--resume"]) == 0, capsys.readouterr().err  # no flag retyped
+    state = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    assert state["step"] == 5 and state["config"]["batch_size"] == 3 and state["config"]["lr"] == 3e-3
+    assert state["config"]["tile_size"] == 48 and state["config"]["val_every"] == 4
+    capsys.readouterr()
+    assert main(run + ["--resume", "--lr", "1e-3"]) == 2  # a flag given now still has to match
+    assert "lr 0.003 (now 0.001); leave those flags out" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("settings, message", [

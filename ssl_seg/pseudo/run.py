@@ -9,6 +9,7 @@ so an image counts as done only once all three exist; ``manifest.json`` merges t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -53,6 +54,17 @@ def labeled_pairs(labeled: str, binary_class: str | None = None):
     validate(index)
     for sample in index.labeled:
         yield read_image(sample.image), sample.read_mask()
+
+
+def labeled_set_digest(labeled: str, binary_class: str | None = None) -> str:
+    """Names the DINOv2 prototypes' labeled set by its ids and mask bytes, not its path (folders move)."""
+    from ssl_seg import class_code
+
+    index = discover(labeled, binary_class=class_code(binary_class) if binary_class else None)
+    digest = hashlib.sha256(str(binary_class).encode())
+    for sample in sorted(index.labeled, key=lambda s: s.id):
+        digest.update(sample.id.encode() + b"\0" + file_sha256(sample.mask).encode())
+    return digest.hexdigest()[:16]
 
 
 def load_feature_teacher(dinov2: str, labeled: str | None, local_files_only: bool, device,
@@ -132,7 +144,8 @@ def comparable_settings(settings: dict) -> dict:
     their paths (a project folder may move to another machine). Keys that folders of older versions do
     not record are left out, and so not compared."""
     return {"refiner": settings["refiner"].split(":")[0],
-            **{k: settings[k] for k in ("threshold", "class_balance", "tta", "teacher_sha256", "dinov2")
+            **{k: settings[k] for k in ("threshold", "class_balance", "tta", "tile_size", "teacher_sha256", "dinov2",
+                                   "dinov2_labeled")
                if k in settings}}
 
 
@@ -207,6 +220,8 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
             raise ValueError(f"--{name.replace(' ', '-')} must lie in [0, 1], got {value}")
     if tta not in (1, 2, 8):
         raise ValueError(f"--tta must be 1, 2 or 8, got {tta}")
+    if images_at_once is not None and images_at_once < 1:
+        raise ValueError(f"--images-at-once must be at least 1, got {images_at_once}")
     if sam and refine != "sam":
         say(f"--sam is used with --refine sam only; refining with {refine}")
     if labeled and not dinov2:
@@ -230,8 +245,10 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     teacher_name = f"{Path(str(checkpoint)).resolve()}" + (f" + dinov2:{dinov2}" if feature_teacher else "")
     settings = {"teacher": teacher_name, "teacher_sha256": file_sha256(checkpoint_file(checkpoint)),
                 "dinov2": Path(dinov2).name if feature_teacher else None,  # the name, not the path: folders move
+                "dinov2_labeled": labeled_set_digest(labeled, binary_class) if feature_teacher else None,
                 "refiner": refiner + (f":{sam}" if sam_refiner else ""),
-                "threshold": threshold, "class_balance": class_balance, "tta": tta, "ignore_index": IGNORE_INDEX,
+                "threshold": threshold, "class_balance": class_balance, "tta": tta, "tile_size": tile_size,
+                "ignore_index": IGNORE_INDEX,
                 "class_names": list(CLASS_NAMES), "images_expected": len(all_paths)}
 
     if shard_count == 1:  # shards may share the folder: only a lone run may sweep it
@@ -296,8 +313,8 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
                 "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
                 "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
                 "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
-                "threshold": threshold, "class_balance": class_balance, "tta": tta,
-                "teacher_sha256": settings["teacher_sha256"], "dinov2": settings["dinov2"],
+                **{key: settings[key] for key in ("threshold", "class_balance", "tta", "tile_size", "teacher_sha256",
+                                                  "dinov2", "dinov2_labeled")},
             }
             pending.append(writers.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
             while len(pending) > 8:

@@ -13,6 +13,7 @@ Single process or ``torchrun`` (DDP: NCCL on GPU, gloo on CPU); only rank 0 writ
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -52,7 +53,7 @@ class TrainError(ValueError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training after a finished step whose state is saved in ``latest.pth``."""
+    """Ctrl-C or SIGTERM stopped training after a finished step whose state is saved in ``latest.pth``."""
 
     def __init__(self, step: int, latest: Path):
         super().__init__(f"stopped after step {step}, saved in {latest}")
@@ -76,25 +77,32 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 @contextlib.contextmanager
-def stop_on_interrupt(enabled: bool = True):
-    """Turn the first Ctrl-C into a request (the list yielded gains an entry) that the loop honours
-    after its step; a second Ctrl-C interrupts at once. Only in the main thread of a single process."""
+def stop_on_interrupt(enabled: bool = True, distributed: bool = False):
+    """Turn Ctrl-C (SIGINT) and SIGTERM (a scheduler's preemption) into a request (the list yielded gains
+    an entry) that the loop honours after its step. In a single process a second signal acts at once.
+    Under torchrun every signal is only a request: it forwards the terminal's Ctrl-C to ranks that got it
+    already, and kills them itself after its --shutdown_timeout. Only in the main thread."""
     requested: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    # a process started with Ctrl-C ignored (nohup, a background job) keeps ignoring it
-    if not enabled or threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield requested
         return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a process started with a signal ignored (nohup, a background job) keeps ignoring it
+    handled = [sig for sig, handler in previous.items() if handler is not signal.SIG_IGN]
 
-    def on_interrupt(signum, frame):
+    def on_signal(signum, frame):
         requested.append(signum)
-        signal.signal(signal.SIGINT, previous)
+        if not distributed:
+            for sig in handled:
+                signal.signal(sig, previous[sig])
 
-    signal.signal(signal.SIGINT, on_interrupt)
+    for sig in handled:
+        signal.signal(sig, on_signal)
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig in handled:
+            signal.signal(sig, previous[sig])
 
 
 def ignore_interrupt(worker_id: int) -> None:
@@ -146,6 +154,14 @@ def samples_identity(labeled: list[Sample], val: list[Sample], unlabeled: list[S
             "pseudo_labels": pseudo_dir is not None, "digest": digest.hexdigest()}
 
 
+def saved_config(state: dict) -> TrainConfig:
+    """The settings a checkpoint's run was started with: ``--resume`` continues with them unless flags say
+    otherwise. Keys of other versions are dropped; keys added since take the value runs had before them."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {**RUN_KEY_BEFORE, **state.get("config", {})}
+    return dataclasses.replace(TrainConfig(), **{key: value for key, value in saved.items() if key in known})
+
+
 def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samples: dict | None = None) -> None:
     """Refuse to resume ``latest`` under another command, with settings that change the run, or on other data."""
     if state.get("mode") != mode:
@@ -166,8 +182,8 @@ def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samp
             else:
                 changed.append(f"other images or pseudo-labels ({then}; now {now})")
     if changed:
-        raise TrainError(f"{latest} was trained with {', '.join(changed)}; resume with the same settings "
-                         "(the run's config is in its TensorBoard text tab), or start another --out")
+        raise TrainError(f"{latest} was trained with {', '.join(changed)}; leave those flags out "
+                         "to resume with the run's own settings, or start another --out")
 
 
 def batch_split(batch_size: int, labeled_ratio: float) -> tuple[int, int]:
@@ -295,7 +311,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         sampler = DrawSampler(start_step * per_step * world, (cfg.steps - start_step) * per_step * world, rank, world)
         return iter(DataLoader(dataset, batch_size=per_step, sampler=sampler, num_workers=cfg.num_workers,
                                pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True,
-                               worker_init_fn=ignore_interrupt if world == 1 else None))
+                               worker_init_fn=ignore_interrupt))
 
     # --- model, EMA, optimiser, schedule ------------------------------------------------------
     samples = samples_identity(labeled, val_samples, unlabeled, cfg.pseudo_labels if mode == "pretrain" else None)
@@ -363,11 +379,10 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    # Ctrl-C finishes the step and saves it (a second one stops at once). Not under torchrun: ranks
-    # could stop at different steps, so there a rerun resumes from the last saved checkpoint.
+    # Ctrl-C or SIGTERM finishes the step and saves it; under torchrun every rank stops after the same step.
     model.train()
-    done = start_step
-    with stop_on_interrupt(world == 1) as interrupted:
+    done, signalled = start_step, False
+    with stop_on_interrupt(distributed=world > 1) as interrupted:
         for step in bar:
             # Every random draw of a step (augmentation, CutMix, dropout) comes from this seed: exact resume.
             torch.manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
@@ -454,9 +469,17 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                 window_start, window_images, window_steps = time.perf_counter(), 0, 0
                 bar.set_postfix(loss=f"{loss.item():.3f}")
 
-            stopping = (stop_after is not None and done - start_step >= stop_after) or bool(interrupted)
-            if stopping and rank == 0 and not (done % cfg.val_every == 0 or done == cfg.steps):
-                save_checkpoint(latest, checkpoint_state(done))
+            signalled = bool(interrupted)
+            if world > 1:  # a signal to any rank stops them all after this step
+                flag = torch.tensor([float(signalled)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                signalled = bool(flag.item())
+            stopping = (stop_after is not None and done - start_step >= stop_after) or signalled
+            if stopping and not (done % cfg.val_every == 0 or done == cfg.steps):
+                if rank == 0:
+                    save_checkpoint(latest, checkpoint_state(done))
+                if world > 1:
+                    dist.barrier()  # no rank exits before the step is saved
             elif done % cfg.val_every == 0 or done == cfg.steps:
                 if rank == 0:
                     if val_samples:
@@ -485,7 +508,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     if writer is not None:
         writer.close()
     bar.close()
-    if interrupted and done < cfg.steps:
+    if signalled and done < cfg.steps:
         raise TrainingInterrupted(done, latest)
     if rank == 0 and start_step == cfg.steps:
         print(f"{out} already finished all {cfg.steps} steps; nothing to do", file=sys.stderr)
