@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.refine == "sam":
         for name in sam_parts:
             stages[name] = per_image.get(name, 0.0)
-        stages["SAM other (preprocess, upsample, paint)"] = per_image.get("refine", 0.0) - sum(stages[n] for n in sam_parts)
+        sam_rest = per_image.get("refine", 0.0) - sum(stages[n] for n in sam_parts)
+        stages["SAM other (preprocess, upsample, paint)"] = sam_rest
     else:
         stages[f"refine ({args.refine})"] = per_image.get("refine", 0.0)
     stages["write (PNG + JSON)"] = per_image.get("write (PNG + JSON)", 0.0)

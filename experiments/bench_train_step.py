@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=common.parse_size, default=(1024, 1360), help="image HxW (default 1024x1360)")
     parser.add_argument("--labeled", type=int, default=16, help="labeled images (default 16)")
     parser.add_argument("--unlabeled", type=int, default=600,
-                        help="pseudo-labelled images for --mode pretrain (default 600: above the 512-image cache limit)")
+                        help="pseudo-labelled images for --mode pretrain "
+                             "(default 600: above the 512-image cache limit)")
     parser.add_argument("--unique", type=int, default=8, help="distinct scenes rendered per split; the rest are copies")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other trainer config key")
     common.common_arguments(parser)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-import torch
-
 import bench_common as common
 
 from ssl_seg.data.io import read_image
@@ -64,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
             del refiner._autocast
             row = {"image": path.name, "prompts": stats["prompts"]}
             for first, second, precision in PAIRS:
-                a, b = ((first, "bf16"), (second, "fp32")) if " vs " in precision else ((first, precision), (second, precision))
+                a, b = (((first, "bf16"), (second, "fp32")) if " vs " in precision
+                        else ((first, precision), (second, precision)))
                 row[f"{first} vs {second}, {precision}"] = float((maps[a] == maps[b]).mean())
             rows.append(row)
     headers = list(rows[0])

@@ -62,7 +62,8 @@ def main() -> None:
               + "  ".join(f"{row[arm]:{len(arm)}.4f}" for arm in extra))
     mean = {arm: statistics.mean(row[arm] for row in rows.values()) for arm in arms}
     print(f"mean  {mean['supervised']:10.4f}  {mean['semi-supervised']:15.4f}  "
-          f"{mean['semi-supervised'] - mean['supervised']:+.4f}  " + "  ".join(f"{mean[arm]:{len(arm)}.4f}" for arm in extra))
+          f"{mean['semi-supervised'] - mean['supervised']:+.4f}  "
+          + "  ".join(f"{mean[arm]:{len(arm)}.4f}" for arm in extra))
     print("(teacher: supervised training at the teacher's smaller budget; oracle student, with --set oracle=true: "
           "the student trained on the true masks of the unlabeled images, the ceiling for pseudo-labels)")
     Path(args.out).mkdir(parents=True, exist_ok=True)

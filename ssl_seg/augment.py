@@ -47,7 +47,7 @@ class GeometricAugment(nn.Module):
         out_stacked = torch.where(outside, torch.zeros_like(out_stacked), out_stacked - 1)
         out_masks = out_stacked[:, 0].round().long()
         out_masks[outside[:, 0]] = IGNORE_INDEX
-        extras = [out_stacked[:, i + 1].to(e.dtype) if e.is_floating_point() else out_stacked[:, i + 1].round().to(e.dtype)
+        extras = [(out_stacked[:, i + 1] if e.is_floating_point() else out_stacked[:, i + 1].round()).to(e.dtype)
                   for i, e in enumerate(extra)]
         return (out_images, out_masks, *extras) if extra else (out_images, out_masks)
 

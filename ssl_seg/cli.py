@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("out", help="dataset folder to write (train/labeled, train/labels, train/unlabeled, test, ...)")
     p.add_argument("--labeled", type=int, default=8, help="scenes with masks")
-    p.add_argument("--unlabeled", type=int, default=64, help="scenes without masks (their truth in train/unlabeled_truth)")
+    p.add_argument("--unlabeled", type=int, default=64,
+                   help="scenes without masks (their truth in train/unlabeled_truth)")
     p.add_argument("--test", type=int, default=8, help="test scenes (answers in test_answers)")
     p.add_argument("--size", type=parse_size, default="256x320", help="HxW, e.g. 1024x1360")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
@@ -94,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint (.pth or run folder)")
     p.add_argument("--images", required=True, help="folder of unlabeled images, or a dataset root")
     p.add_argument("--out", required=True)
-    p.add_argument("--config", help="YAML config: refine, sam, superpixel_method, dinov2_features, pseudo_threshold, tta keys")
-    p.add_argument("--refine", choices=["none", "superpixel", "sam"], help="snap labels to image boundaries (default: none)")
+    p.add_argument("--config",
+                   help="YAML config: refine, sam, superpixel_method, dinov2_features, pseudo_threshold, tta keys")
+    p.add_argument("--refine", choices=["none", "superpixel", "sam"],
+                   help="snap labels to image boundaries (default: none)")
     p.add_argument("--sam", help="SAM hub id or local folder (with --refine sam)")
     p.add_argument("--superpixel", choices=["slic", "felzenszwalb"],
                    help="superpixel algorithm of --refine superpixel (default: slic)")
@@ -187,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         if summary:
             print(f"final eval: micro Jaccard macerals {summary['micro_jaccard_macerals']:.4f}, "
                   f"all classes {summary['micro_jaccard_all']:.4f}")
-        written = [str(Path(args.out) / name) for name in ("best.pth", "latest.pth") if (Path(args.out) / name).is_file()]
+        written = [str(path) for path in (Path(args.out) / "best.pth", Path(args.out) / "latest.pth") if path.is_file()]
         print(f"checkpoints: {', '.join(written)}")
         print(f"watch: tensorboard --logdir {Path(args.out) / 'tb'}")
     elif args.command == "pseudo-label":

@@ -189,5 +189,6 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     for key, ok, wanted in _CHECKS:
         value = getattr(cfg, key)
         if not ok(value):
-            raise ValueError(f"config key '{key}' must be {wanted}, got {value!r}; fix it in --set, the flags or the YAML")
+            raise ValueError(f"config key '{key}' must be {wanted}, got {value!r}; "
+                             "fix it in --set, the flags or the YAML")
     return cfg

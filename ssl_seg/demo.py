@@ -81,7 +81,8 @@ def _train(data: Path, out: Path, steps: int, demo: DemoConfig, seed: int, progr
     from ssl_seg.train.trainer import train
 
     cfg = load_config(None, {"model": demo.model, "steps": steps, "batch_size": demo.batch_size,
-                             "tile_size": demo.tile_size, "lr": demo.lr, "seed": seed, "warmup_steps": min(30, steps // 5),
+                             "tile_size": demo.tile_size, "lr": demo.lr, "seed": seed,
+                             "warmup_steps": min(30, steps // 5),
                              "val_every": max(steps // 4, 1), "image_every": max(steps // 2, 1),
                              # All labeled images train: with 8, a 2-image validation split costs a
                              # quarter of the labels and picks checkpoints by noise. Runs keep their last step.
@@ -178,7 +179,8 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, config: str | Path | N
     results = {}
     stage(f"supervised: finetune {demo.total_steps} steps on {demo.labeled} labeled images")
     _train(data, out / "runs" / "supervised", demo.total_steps, demo, seed, progress)
-    results["supervised"] = _score(out / "runs" / "supervised" / "best.pth", data, out / "pred" / "supervised", progress)
+    results["supervised"] = _score(out / "runs" / "supervised" / "best.pth", data, out / "pred" / "supervised",
+                                   progress)
 
     if not demo.supervised_only:
         stage(f"semi-supervised 1/4: teacher finetune {demo.teacher_steps} steps")

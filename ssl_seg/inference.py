@@ -61,7 +61,8 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, tile_size: int =
     return total / len(TTA_TRANSFORMS[tta])
 
 
-def predict_image(model: torch.nn.Module, image: np.ndarray, device: torch.device, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+def predict_image(model: torch.nn.Module, image: np.ndarray, device: torch.device,
+                  **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """(labels uint8 HxW, confidence float32 HxW) for one uint8 RGB image."""
     probs = predict_proba(model, to_tensor(image, device), **kwargs)[0]
     confidence, labels = probs.max(dim=0)

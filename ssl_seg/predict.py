@@ -32,7 +32,8 @@ class ImageFolder(Dataset):
 
 def decoded_images(paths: list[Path], workers: int = 2):
     """Yields (path, uint8 HxWx3 image) in order, decoding ahead in background workers."""
-    loader = DataLoader(ImageFolder(paths), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+    loader = DataLoader(ImageFolder(paths), batch_size=None, num_workers=workers,
+                        prefetch_factor=4 if workers else None)
     for i, image in loader:
         yield paths[i], image.numpy() if isinstance(image, torch.Tensor) else image
 

@@ -97,7 +97,8 @@ def test_pseudo_label_then_pretrain_on_cuda(dataset, tmp_path):
                              threshold=0.0, refine="superpixel", tile_size=64, device=device, workers=0,
                              progress=False)
         assert stats["done"] == 4
-        masks[device] = np.stack([read_mask(p, pseudo=True) for p in sorted((tmp_path / device / "masks").glob("*.png"))])
+        masks[device] = np.stack([read_mask(p, pseudo=True)
+                                  for p in sorted((tmp_path / device / "masks").glob("*.png"))])
     # bf16 autocast on CUDA may flip a near-tie pixel, nothing more
     assert (masks["cpu"] == masks["cuda"]).mean() > 0.99
     student = load_config(None, {**TINY, "pseudo_labels": str(tmp_path / "cuda"), "labeled_ratio": 0.5,

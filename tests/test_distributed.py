@@ -140,7 +140,8 @@ def test_ddp_ranks_stay_in_sync(dataset, tmp_path):
 def test_ddp_pseudo_label_merges_one_manifest(dataset, tmp_path):
     torchrun("finetune", "--data", str(dataset), "--out", str(tmp_path / "teacher"), *TINY)
     torchrun("pseudo-label", "--checkpoint", str(tmp_path / "teacher"), "--images", str(dataset),
-             "--out", str(tmp_path / "pl"), "--tile-size", "64", "--threshold", "0.3", "--refine", "superpixel", "--no-progress")
+             "--out", str(tmp_path / "pl"), "--tile-size", "64", "--threshold", "0.3", "--refine", "superpixel",
+             "--no-progress")
     manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
     unlabeled = sorted(p.stem for p in (dataset / "train" / "unlabeled").iterdir())
     assert sorted(manifest["images"]) == unlabeled

@@ -196,8 +196,8 @@ def test_the_dinov2_pipeline_runs_and_keeps_its_folder_apart(setup, tmp_path):
     pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), dinov2=str(tmp_path / "dino"),
                  labeled=str(images.parent.parent), local_files_only=True, **FAST)
     entries = [json.loads(path.read_text()) for path in (tmp_path / "pl" / "entries").glob("*.json")]
-    assert len(entries) == 3 and all(e["dinov2"] == "dino" and e["teacher"].endswith(" + dinov2:" + str(tmp_path / "dino"))
-                                     for e in entries)
+    assert len(entries) == 3
+    assert all(e["dinov2"] == "dino" and e["teacher"].endswith(" + dinov2:" + str(tmp_path / "dino")) for e in entries)
     with pytest.raises(ValueError, match=r"other settings \(dinov2 dino -> None; dinov2_labeled [0-9a-f]+ -> None\)"):
         pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)
     # other labeled masks give other class prototypes: the same weights, another feature teacher

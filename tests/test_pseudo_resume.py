@@ -18,7 +18,8 @@ from ssl_seg.train.trainer import train
 
 def command(teacher, images, out):
     return [sys.executable, "-m", "ssl_seg", "pseudo-label", "--checkpoint", str(teacher), "--images", str(images),
-            "--out", str(out), "--tile-size", "64", "--tta", "8", "--threshold", "0.3", "--refine", "superpixel", "--no-progress"]
+            "--out", str(out), "--tile-size", "64", "--tta", "8", "--threshold", "0.3", "--refine", "superpixel",
+            "--no-progress"]
 
 
 def test_kill_9_then_resume(tmp_path):

@@ -43,7 +43,8 @@ def _pixelwise_model(channels_out: int = 4) -> torch.nn.Module:
 
 @pytest.mark.parametrize(
     ("height", "width", "tile", "overlap"),
-    [(70, 90, 32, 0.25), (64, 64, 32, 0.0), (20, 25, 32, 0.25), (10, 50, 32, 0.5), (33, 31, 32, 0.25), (3, 3, 16, 0.25)],
+    [(70, 90, 32, 0.25), (64, 64, 32, 0.0), (20, 25, 32, 0.25), (10, 50, 32, 0.5), (33, 31, 32, 0.25),
+     (3, 3, 16, 0.25)],
     ids=["bigger", "multiple-no-overlap", "smaller", "one-side-smaller", "non-multiple", "tiny-replicate"],
 )
 def test_sliding_window_matches_full_image_for_pixelwise_fn(height: int, width: int, tile: int, overlap: float) -> None:

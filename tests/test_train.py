@@ -188,14 +188,15 @@ def test_pseudo_label_then_pretrain(dataset, tmp_path):
                          refine="superpixel", tile_size=64, workers=0, progress=False)
     assert again["done"] == 0 and again["skipped"] == 4
 
-    cfg = load_config(None, {**TINY, "labeled_ratio": 0.5, "pseudo_labels": str(tmp_path / "pl"), "init": str(tmp_path / "teacher" / "best.pth"),
-                             "consistency_threshold": 0.0})
+    cfg = load_config(None, {**TINY, "labeled_ratio": 0.5, "pseudo_labels": str(tmp_path / "pl"),
+                             "init": str(tmp_path / "teacher" / "best.pth"), "consistency_threshold": 0.0})
     summary = train(cfg, dataset, tmp_path / "student", mode="pretrain", progress=False)
     assert "micro_jaccard_macerals" in summary
     scalars, _ = tags(tmp_path / "student")
     assert {"train/loss_pseudo", "train/loss_x", "train/loss_consistency", "train/mask_ratio",
             "time/teacher_s_per_step", "eval_teacher/micro_jaccard_macerals", "eval/micro_jaccard_macerals"} <= scalars
-    events = EventAccumulator(str(tmp_path / "pl" / "tb" / "shard0"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    events = EventAccumulator(str(tmp_path / "pl" / "tb" / "shard0"),
+                              size_guidance={"scalars": 0, "images": 0}).Reload()
     assert {"pseudo/confident_fraction", "pseudo/changed_pixels", "pseudo/class_fraction/liptinite"} <= set(
         events.Tags()["scalars"])
     assert {"pseudo/overlay_0", "pseudo/class_histogram"} <= set(events.Tags()["images"])
@@ -387,7 +388,8 @@ def test_cli_module_entry_point(tmp_path):
 
 def test_init_checkpoint_decides_the_architecture(dataset, tmp_path):
     train(load_config(None, {**TINY, "steps": 2, "model": "dinov2-tiny"}), dataset, tmp_path / "dino", progress=False)
-    cfg = load_config(None, {**TINY, "steps": 2, "init": str(tmp_path / "dino" / "latest.pth")})  # model: segformer-tiny
+    # cfg.model keeps its default, segformer-tiny: the checkpoint decides
+    cfg = load_config(None, {**TINY, "steps": 2, "init": str(tmp_path / "dino" / "latest.pth")})
     train(cfg, dataset, tmp_path / "again", progress=False)
     assert torch.load(tmp_path / "again" / "latest.pth", weights_only=True)["model_spec"]["family"] == "dinov2"
 
@@ -469,7 +471,8 @@ def test_mean_teacher_predicts_in_eval_mode(dataset, tmp_path):
 
 def test_mean_teacher_is_updated_every_step(dataset, tmp_path):
     train(load_config(None, {**TINY, "steps": 2}), dataset, tmp_path / "teacher", progress=False)
-    cfg = load_config(None, {**TINY, "steps": 3, "labeled_ratio": 0.5, "init": str(tmp_path / "teacher" / "latest.pth")})
+    cfg = load_config(None, {**TINY, "steps": 3, "labeled_ratio": 0.5,
+                             "init": str(tmp_path / "teacher" / "latest.pth")})
     train(cfg, dataset, tmp_path / "student", mode="pretrain", progress=False)
     state = torch.load(tmp_path / "student" / "latest.pth", weights_only=True)
     assert int(state["ema"]["n_averaged"]) == 3

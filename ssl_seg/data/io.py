@@ -191,7 +191,8 @@ def _load_label_array(path: Path, kind: str) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
             raise DataError(
-                f"{kind} {path}: not a readable numeric .npy array ({error}); fix: save it with np.save(path, uint8_array)"
+                f"{kind} {path}: not a readable numeric .npy array ({error}); "
+                "fix: save it with np.save(path, uint8_array)"
             ) from None
     try:
         with Image.open(path) as image:
@@ -223,7 +224,8 @@ def _squeeze_to_2d(array: np.ndarray, path: Path, kind: str) -> np.ndarray:
             f"{kind} {path}: colour mask of shape {array.shape} with differing channels; "
             "fix: save a single-channel mask whose pixel values are the class codes 0..3 (255 = ignore)"
         )
-    raise DataError(f"{kind} {path}: expected a 2-D HxW array, found shape {array.shape}; fix: save an HxW class-code mask")
+    raise DataError(f"{kind} {path}: expected a 2-D HxW array, found shape {array.shape}; "
+                    "fix: save an HxW class-code mask")
 
 
 def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +314,8 @@ def read_mask(path: str | Path, binary_class: int | None = None, *, pseudo: bool
         if is_class_codes:
             return np.ascontiguousarray(array, dtype=np.uint8)
         raise DataError(
-            f"{kind} {path}: values {_describe_values(values, counts)} outside the class codes 0..3 and {IGNORE_INDEX}; "
+            f"{kind} {path}: values {_describe_values(values, counts)} outside the class codes 0..3 "
+            f"and {IGNORE_INDEX}; "
             "fix: regenerate it with ssl-seg pseudo-label"
         )
 
@@ -336,10 +339,12 @@ def read_mask(path: str | Path, binary_class: int | None = None, *, pseudo: bool
     hint = (
         f"if it is a binary (0/255, anti-aliased) mask, {_BINARY_FIX}"
         if not has_classes or IGNORE_INDEX in present
-        else f"save class codes 0 {CLASS_NAMES[0]}, 1 {CLASS_NAMES[1]}, 2 {CLASS_NAMES[2]}, 3 {CLASS_NAMES[3]}, {IGNORE_INDEX} ignore"
+        else "save class codes " + ", ".join(f"{code} {name}" for code, name in enumerate(CLASS_NAMES))
+        + f", {IGNORE_INDEX} ignore"
     )
     raise DataError(
-        f"{kind} {path}: values {_describe_values(values, counts)} are not class codes 0..3 (+{IGNORE_INDEX} ignore); fix: {hint}"
+        f"{kind} {path}: values {_describe_values(values, counts)} are not class codes 0..3 "
+        f"(+{IGNORE_INDEX} ignore); fix: {hint}"
     )
 
 
@@ -354,7 +359,8 @@ def read_prediction(path: str | Path) -> np.ndarray:
         )
     if not np.issubdtype(array.dtype, np.integer):
         raise DataError(
-            f"{kind} {path}: dtype {array.dtype} is not an integer type; fix: save it as uint8 class codes (e.g. pred.astype(np.uint8))"
+            f"{kind} {path}: dtype {array.dtype} is not an integer type; "
+            "fix: save it as uint8 class codes (e.g. pred.astype(np.uint8))"
         )
     if array.size == 0:
         raise DataError(f"{kind} {path}: empty array of shape {array.shape}; fix: save the image's HxW class-code map")

@@ -250,7 +250,8 @@ def _discover_ss2(root: Path, binary_class: int | None) -> DatasetIndex:
     images = _optional_images(labeled_dir)
     if images and not labels_dir.is_dir():
         raise DataError(
-            f"SS2 layout at {root}: {labeled_dir} has images but {labels_dir} is missing; fix: add the <id>_gt.npy masks there"
+            f"SS2 layout at {root}: {labeled_dir} has images but {labels_dir} is missing; "
+            "fix: add the <id>_gt.npy masks there"
         )
     labeled: list[Sample] = []
     if labels_dir.is_dir():
@@ -274,7 +275,8 @@ def _discover_generic(root: Path, binary_class: int | None) -> DatasetIndex:
     unlabeled = unlabeled + _optional_images(root / "unlabeled")
     # Pseudo-labels are written per id, so unlabeled ids must not collide across folders.
     _check_unique_stems(unlabeled, "unlabeled images")
-    return DatasetIndex(root=root, layout="generic", labeled=labeled, unlabeled=unlabeled, test=_optional_images(root / "test"))
+    return DatasetIndex(root=root, layout="generic", labeled=labeled, unlabeled=unlabeled,
+                        test=_optional_images(root / "test"))
 
 
 def discover(root: str | Path, binary_class: int | None = None) -> DatasetIndex:

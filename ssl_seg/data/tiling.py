@@ -98,7 +98,8 @@ def sliding_window(
                 "expected (N, C, tile, tile)"
             )
         if blended is None:
-            blended = torch.zeros((batch, outputs.shape[1], padded_h, padded_w), device=images.device, dtype=torch.float32)
+            blended = torch.zeros((batch, outputs.shape[1], padded_h, padded_w), device=images.device,
+                                  dtype=torch.float32)
         weighted = outputs.float() * window
         for (b, y, x), output in zip(chunk, weighted):
             blended[b, :, y : y + tile, x : x + tile] += output

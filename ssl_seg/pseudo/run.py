@@ -23,7 +23,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.data.io import DataError, changed_settings, overlay, read_image, remove_stale_temporaries, save_json, save_png
+from ssl_seg.data.io import (DataError, changed_settings, overlay, read_image, remove_stale_temporaries, save_json,
+                             save_png)
 from ssl_seg.data.layout import discover, validate
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
@@ -175,7 +176,8 @@ def check_entries_agree(out: Path, entries: dict) -> None:
     mixed = [f"{key} {' and '.join(sorted(found))}" for key, found in values.items() if len(found) > 1]
     if mixed:
         raise ValueError(f"{out} mixes pseudo-labels of different settings ({'; '.join(mixed)}), as shards started "
-                         "at once with different options make; delete the folder and rerun every shard with the same options")
+                         "at once with different options make; delete the folder and rerun every shard with the "
+                         "same options")
 
 
 def merge_manifest(out: Path, settings: dict) -> dict:

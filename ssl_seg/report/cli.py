@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="regex searched in each image id; its first group (or whole match) is the sample name "
         "(default without --samples: all images form one sample 'all')",
     )
-    parser.add_argument("--run-dir", default=None, help="also write the summary to TensorBoard: a training run folder (into its tb/) or a log folder")
+    parser.add_argument("--run-dir", default=None, help="also write the summary to TensorBoard: a training run "
+                        "folder (into its tb/) or a log folder")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument(
         "--points", type=int, default=500, help="points of the equivalent point count (ISO 7404-3: 500)"

@@ -110,7 +110,8 @@ def _objects_table(rows: Sequence[dict[str, object]]) -> str:
             if key in ("sample", "class"):
                 cells.append(f'<td class="name">{escape(str(value))}</td>')
             elif key == "elongation_mean":
-                cells.append(f"<td>{'–' if math.isnan(float(value)) else f'{float(value):.2f}'}</td>")  # type: ignore[arg-type]
+                text = "–" if math.isnan(float(value)) else f"{float(value):.2f}"  # type: ignore[arg-type]
+                cells.append(f"<td>{text}</td>")
             else:
                 cells.append(f"<td>{_number(value)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

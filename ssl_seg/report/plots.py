@@ -156,9 +156,9 @@ def composition_bars_figure(samples: Sequence[SampleSummary]) -> Figure:
             label=maceral,
         )
     axes.set_xticks(positions)
-    axes.set_xticklabels(
-        [text_label(s.name) for s in samples], rotation=30 if len(samples) > 6 else 0, ha="right" if len(samples) > 6 else "center"
-    )
+    crowded = len(samples) > 6
+    axes.set_xticklabels([text_label(s.name) for s in samples], rotation=30 if crowded else 0,
+                         ha="right" if crowded else "center")
     axes.set_ylabel("% of organic matter")
     axes.set_ylim(0, 105)
     axes.legend(fontsize=8, frameon=False, ncols=3, loc="upper center")

@@ -175,7 +175,8 @@ def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samp
             changed.append("pseudo-labels " + ("on" if before["pseudo_labels"] else "off (online only)")
                            + f" (now {'on' if samples['pseudo_labels'] else 'off'})")
         else:
-            then, now = (", ".join(f"{k} {ids[k]}" for k in ("labeled", "val", "unlabeled")) for ids in (before, samples))
+            then, now = (", ".join(f"{k} {ids[k]}" for k in ("labeled", "val", "unlabeled"))
+                         for ids in (before, samples))
             if then == now:  # the same numbers: files or pseudo-label settings differ
                 changed.append(f"other image files or other pseudo-labels (a folder of another teacher or other "
                                f"pseudo-label settings; the counts match: {now})")
@@ -222,7 +223,8 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
         raise TrainError(f"{manifest} lists no pseudo-labeled images; rerun pseudo-label")
     if len(samples) < expected:
         raise TrainError(f"{manifest} lists {len(samples)} of {expected} images: shards of pseudo-label are "
-                         f"unfinished; rerun each `ssl-seg pseudo-label ... --shard i/n --out {pseudo_dir}` to finish it")
+                         f"unfinished; rerun each `ssl-seg pseudo-label ... --shard i/n --out {pseudo_dir}` "
+                         "to finish it")
     missing = [s.image for s in samples if not s.image.is_file()]
     if missing:
         raise TrainError(f"{manifest}: {len(missing)} image(s) not found, first {missing[0]}; paths are relative to "
@@ -297,7 +299,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     elif mode == "pretrain":
         raise TrainError(f"{data} has no unlabeled images; pass --pseudo-labels DIR (the output of "
                          "`ssl-seg pseudo-label`) or add images to its unlabeled folder")
-    n_labeled, n_unlabeled = (cfg.batch_size, 0) if mode == "finetune" else batch_split(cfg.batch_size, cfg.labeled_ratio)
+    n_labeled, n_unlabeled = ((cfg.batch_size, 0) if mode == "finetune"
+                              else batch_split(cfg.batch_size, cfg.labeled_ratio))
 
     counts = np.zeros(NUM_CLASSES, np.int64)
     for sample in labeled:
@@ -350,7 +353,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step, best_score, best_step = state["step"], state["best_score"], state["best_step"]
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if world > 1 else model)
     forward = torch.compile(net) if cfg.compile else net
 
     # events logged after the checkpoint (steps > start_step) are dropped: the resumed run writes them again
@@ -495,7 +499,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                         if score > best_score:
                             best_score, best_step = score, done
                             save_checkpoint(best, checkpoint_state(done))
-                        bar.write(f"step {done}: eval micro Jaccard (macerals) {score:.4f}, best {best_score:.4f} @ {best_step}")
+                        bar.write(f"step {done}: eval micro Jaccard (macerals) {score:.4f}, "
+                                  f"best {best_score:.4f} @ {best_step}")
                     save_checkpoint(latest, checkpoint_state(done))
                     if not val_samples:  # without validation the latest model is the one to use
                         save_checkpoint(best, checkpoint_state(done))
