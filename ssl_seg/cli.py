@@ -167,7 +167,7 @@ def _train_config(args: argparse.Namespace):
         from ssl_seg.train.checkpoint import load_checkpoint
         from ssl_seg.train.trainer import saved_config
 
-        base = saved_config(load_checkpoint(latest))
+        base = saved_config(load_checkpoint(latest, mmap=True))
     cfg = load_config(args.config, overrides, base=base)
     return apply_overrides(cfg, args.set)
 

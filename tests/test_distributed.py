@@ -35,33 +35,6 @@ out = sys.argv[sys.argv.index("--out") + 1]
 torch.save({"initial": initial, "trained": flat(built[0])}, f"{out}/weights_rank{os.environ['RANK']}.pt")
 """
 
-# Run by torchrun in each rank: the CLI, leaving a mark in $MARKS when the rank starts its third step.
-MARK_THIRD_STEP = """
-import os
-import sys
-from pathlib import Path
-from ssl_seg import cli
-from ssl_seg.train import trainer
-
-class MarkThirdStep(trainer.TrainAugment):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        geometric, calls = self.geometric, []
-        del self.geometric
-
-        def mark(*args):
-            calls.append(1)
-            if len(calls) == 3:
-                Path(os.environ["MARKS"], "rank" + os.environ["RANK"]).touch()
-            return geometric(*args)
-
-        self.geometric = mark
-
-trainer.TrainAugment = MarkThirdStep
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
 def torchrun_command(*args, script=None):
     target = [str(script)] if script else ["-m", "ssl_seg"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target, *args]
@@ -99,10 +72,9 @@ def test_ddp_finetune_and_resume(dataset, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["best.pth", "latest.pth", "tb"]
 
 
-def test_ctrl_c_under_torchrun_stops_every_rank_after_one_step_and_saves_it(dataset, tmp_path):
-    script, marks, run = tmp_path / "mark_third_step.py", tmp_path / "marks", tmp_path / "run"
-    script.write_text(MARK_THIRD_STEP)
-    marks.mkdir()
+def test_ctrl_c_under_torchrun_stops_every_rank_after_one_step_and_saves_it(dataset, tmp_path, mark_third_step):
+    script, marks = mark_third_step
+    run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MARKS": str(marks)}
     command = torchrun_command("finetune", "--data", str(dataset), "--out", str(run), "--steps", "100000",
                                "--batch-size", "2", "--tile-size", "64", "--num-workers", "1", "--no-progress",
@@ -114,7 +86,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_after_one_step_and_saves_it(data
         while len(list(marks.iterdir())) < 2:
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
             time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: torchrun, both ranks and their workers
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: torchrun forwards it to every rank
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -124,6 +96,21 @@ def test_ctrl_c_under_torchrun_stops_every_rank_after_one_step_and_saves_it(data
     assert 3 <= step < 100000 and err.count(f"interrupted (stopped after step {step}, saved in") == 1, err[-3000:]
     torchrun("finetune", "--data", str(dataset), "--out", str(run), "--resume", "--stop-after", "1", "--no-progress")
     assert torch.load(run / "latest.pth", weights_only=True)["step"] == step + 1
+
+
+def test_sigterm_to_one_rank_stops_both_after_that_step(dataset, tmp_path, mark_third_step):
+    # rank 1 and its DataLoader worker are signalled, rank 0 is not: it must stop after the same step
+    script, marks = mark_third_step
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MARKS": str(marks), "SIGNAL": "SIGTERM",
+           "SIGNAL_RANK": "1"}
+    command = torchrun_command("finetune", "--data", str(dataset), "--out", str(run), "--steps", "100000",
+                               "--batch-size", "2", "--tile-size", "64", "--num-workers", "1", "--no-progress",
+                               "--set", "val_every=100000", "warmup_steps=1", script=script)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, start_new_session=True)
+    assert done.returncode != 0
+    assert torch.load(run / "latest.pth", weights_only=True)["step"] == 3, done.stderr[-3000:]
+    assert done.stderr.count("interrupted (stopped after step 3, saved in") == 1, done.stderr[-3000:]
 
 
 def test_ddp_ranks_stay_in_sync(dataset, tmp_path):

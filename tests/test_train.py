@@ -9,6 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import at_third_step
 from ssl_seg.cli import main
 from ssl_seg.config import load_config
 from ssl_seg.data.synthetic import write_dataset
@@ -272,22 +273,8 @@ def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path
     train(cfg, dataset, tmp_path / "full", progress=False)
 
     original = trainer.TrainAugment
-
-    class CtrlCAtThirdStep(original):  # the user presses Ctrl-C while step 3 runs
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            geometric, calls = self.geometric, []
-            del self.geometric
-
-            def press_ctrl_c_at_third_step(*args):
-                calls.append(1)
-                if len(calls) == 3:
-                    os.kill(os.getpid(), signum)
-                return geometric(*args)
-
-            self.geometric = press_ctrl_c_at_third_step
-
-    monkeypatch.setattr(trainer, "TrainAugment", CtrlCAtThirdStep)
+    # the user presses Ctrl-C (or a scheduler sends SIGTERM) while step 3 runs
+    monkeypatch.setattr(trainer, "TrainAugment", at_third_step(lambda: os.kill(os.getpid(), signum)))
     argv = ["finetune", "--data", str(dataset), "--out", str(tmp_path / "split"), "--no-progress",
             "--steps", "8", "--batch-size", "2", "--tile-size", "64", "--lr", "2e-3", "--num-workers", "0",
             "--set", "val_every=8", "log_every=1", "image_every=3", "warmup_steps=1"]
@@ -319,6 +306,34 @@ def test_ctrl_c_stays_ignored_where_it_was():
         signal.signal(signal.SIGINT, previous)
 
 
+def test_sigterm_to_the_process_group_saves_the_step(dataset, tmp_path, mark_third_step):
+    # a scheduler's preemption signals the process and its DataLoader workers alike
+    import os
+    import signal
+    import time
+
+    script, marks = mark_third_step
+    run = tmp_path / "run"
+    command = [sys.executable, str(script), "finetune", "--data", str(dataset), "--out", str(run), "--steps", "100000",
+               "--batch-size", "2", "--tile-size", "64", "--num-workers", "2", "--no-progress",
+               "--set", "val_every=100000", "warmup_steps=1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "MARKS": str(marks)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(marks.iterdir()):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err[-3000:]
+    step = torch.load(run / "latest.pth", weights_only=True)["step"]
+    assert step >= 3 and f"interrupted (stopped after step {step}, saved in" in err
+
+
 def test_cli_lists_only_the_checkpoints_written(dataset, tmp_path, capsys):
     code = main(["finetune", "--data", str(dataset), "--out", str(tmp_path / "run"), "--no-progress", "--steps", "6",
                  "--stop-after", "2", "--batch-size", "2", "--tile-size", "64", "--num-workers", "0",
@@ -342,7 +357,8 @@ def test_cli_resume_takes_the_runs_settings_from_latest(dataset, tmp_path, capsy
     assert state["config"]["tile_size"] == 48 and state["config"]["val_every"] == 4
     capsys.readouterr()
     assert main(run + ["--resume", "--lr", "1e-3"]) == 2  # a flag given now still has to match
-    assert "lr 0.003 (now 0.001); leave those flags out" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "lr 0.003 (now 0.001); resume with the run's own settings and data (flags and --config left out" in err
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -359,22 +375,25 @@ def test_validation_that_leaves_nothing_is_named(dataset, tmp_path, settings, me
         train(load_config(None, {**TINY, **settings}), dataset, tmp_path / "run", progress=False)
 
 
-def test_resume_on_other_pseudo_labels_is_refused(dataset, tmp_path):
+def test_resume_on_other_pseudo_labels_is_refused(dataset, tmp_path, monkeypatch, capsys):
     train(load_config(None, {**TINY, "steps": 2}), dataset, tmp_path / "teacher", progress=False)
-    for name, threshold in (("pl", 0.0), ("pl_other", 0.5)):
+    for name, threshold, tile_size in (("pl", 0.0, 64), ("pl_other", 0.5, 64), ("pl_tiles", 0.0, 48)):
         pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / name, threshold=threshold,
-                     refine="none", tile_size=64, workers=0, progress=False)
+                     refine="none", tile_size=tile_size, workers=0, progress=False)
     settings = {**TINY, "labeled_ratio": 0.5, "init": str(tmp_path / "teacher" / "best.pth")}
-    train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / "pl")}), dataset, tmp_path / "student",
+    monkeypatch.chdir(tmp_path)  # a relative --pseudo-labels: the run saves where it points
+    train(load_config(None, {**settings, "pseudo_labels": "pl"}), dataset, tmp_path / "student",
           mode="pretrain", progress=False, stop_after=1)
-    with pytest.raises(TrainError, match=r"other pseudo-labels \(a folder of another teacher or other pseudo-label "
-                                         r"settings; the counts match: labeled 4, val 1, unlabeled 4\)"):
-        train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / "pl_other")}), dataset,
-              tmp_path / "student", mode="pretrain", progress=False, resume=True)
+    for other in ("pl_other", "pl_tiles"):
+        with pytest.raises(TrainError, match=r"other pseudo-labels \(a folder of another teacher or other "
+                                             r"pseudo-label settings; the counts match: labeled 4, val 1, unlabeled 4\)"):
+            train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / other)}), dataset,
+                  tmp_path / "student", mode="pretrain", progress=False, resume=True)
     with pytest.raises(TrainError, match=r"pseudo-labels on \(now off\)"):
         train(load_config(None, settings), dataset, tmp_path / "student", mode="pretrain", progress=False, resume=True)
-    train(load_config(None, {**settings, "pseudo_labels": str(tmp_path / "pl")}), dataset, tmp_path / "student",
-          mode="pretrain", progress=False, resume=True)
+    monkeypatch.chdir(dataset)  # elsewhere: the saved settings still find the pseudo-labels
+    assert main(["pretrain", "--data", str(dataset), "--out", str(tmp_path / "student"), "--resume",
+                 "--no-progress"]) == 0, capsys.readouterr().err
     assert torch.load(tmp_path / "student" / "latest.pth", weights_only=True)["step"] == TINY["steps"]
 
 

@@ -62,7 +62,7 @@ def labeled_set_digest(labeled: str, binary_class: str | None = None) -> str:
     from ssl_seg import class_code
 
     index = discover(labeled, binary_class=class_code(binary_class) if binary_class else None)
-    digest = hashlib.sha256(str(binary_class).encode())
+    digest = hashlib.sha256(str(class_code(binary_class) if binary_class else None).encode())
     for sample in sorted(index.labeled, key=lambda s: s.id):
         digest.update(sample.id.encode() + b"\0" + file_sha256(sample.mask).encode())
     return digest.hexdigest()[:16]

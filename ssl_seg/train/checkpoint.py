@@ -46,10 +46,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """The checkpoint's dict; ``mmap=True`` maps the tensors instead of reading them (to look at its config)."""
     path = checkpoint_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}); "
                               "was it written by ssl-seg and fully copied?") from exc

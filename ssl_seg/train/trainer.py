@@ -87,7 +87,7 @@ def stop_on_interrupt(enabled: bool = True, distributed: bool = False):
         yield requested
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    # a process started with a signal ignored (nohup, a background job) keeps ignoring it
+    # a process started with a signal ignored (a background job of a script ignores SIGINT) keeps ignoring it
     handled = [sig for sig, handler in previous.items() if handler is not signal.SIG_IGN]
 
     def on_signal(signum, frame):
@@ -106,8 +106,13 @@ def stop_on_interrupt(enabled: bool = True, distributed: bool = False):
 
 
 def ignore_interrupt(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which stops them after saving."""
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops them after saving: in a
+    process group of their own, signals sent to the run's group (by a terminal, a scheduler or torchrun)
+    miss them. A worker killed by one would make the main process fail mid-save. The main process can
+    still terminate them, and they exit when it dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
 
 
 def setup_distributed(device_name: str = "auto") -> tuple[int, int, int]:
@@ -148,8 +153,10 @@ def samples_identity(labeled: list[Sample], val: list[Sample], unlabeled: list[S
         digest.update(name.encode() + b"\0" + "\0".join(sorted(s.id for s in samples)).encode() + b"\0")
     if pseudo_dir is not None:
         settings = json.loads((Path(pseudo_dir) / "manifest.json").read_text())
-        digest.update(json.dumps({k: settings.get(k) for k in ("teacher_sha256", "refiner", "threshold",
-                                                                "class_balance", "tta")}, sort_keys=True).encode())
+        compared = {k: settings.get(k) for k in ("teacher_sha256", "refiner", "threshold", "class_balance", "tta")}
+        # keys recorded since 0.1.7, only where recorded: runs on older folders keep their digest
+        compared.update({k: settings[k] for k in ("tile_size", "dinov2_labeled") if k in settings})
+        digest.update(json.dumps(compared, sort_keys=True).encode())
     return {"labeled": len(labeled), "val": len(val), "unlabeled": len(unlabeled),
             "pseudo_labels": pseudo_dir is not None, "digest": digest.hexdigest()}
 
@@ -183,8 +190,8 @@ def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samp
             else:
                 changed.append(f"other images or pseudo-labels ({then}; now {now})")
     if changed:
-        raise TrainError(f"{latest} was trained with {', '.join(changed)}; leave those flags out "
-                         "to resume with the run's own settings, or start another --out")
+        raise TrainError(f"{latest} was trained with {', '.join(changed)}; resume with the run's "
+                         "own settings and data (flags and --config left out keep them), or start another --out")
 
 
 def batch_split(batch_size: int, labeled_ratio: float) -> tuple[int, int]:
@@ -208,7 +215,8 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
     """Unlabeled images paired with their pseudo masks, from the folder ``pseudo-label`` wrote."""
     manifest = pseudo_dir / "manifest.json"
     if not manifest.is_file():
-        raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first")
+        raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first, or pass "
+                         "--pseudo-labels DIR where the folder has moved")
     # image paths are relative to the manifest's folder (absolute in folders written by ssl_seg 0.1.0; both work)
     try:
         content = json.loads(manifest.read_text())
@@ -265,6 +273,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     ``resume=True`` continues exactly (time-limited cluster jobs).
     """
     check_config(cfg)
+    # saved absolute: a resume without these flags, from another working directory, still finds them
+    cfg = dataclasses.replace(cfg, **{key: str(Path(getattr(cfg, key)).resolve())
+                                      for key in ("pseudo_labels", "val_dir") if getattr(cfg, key)})
     if stop_after is not None and stop_after < 1:
         raise TrainError(f"--stop-after must be at least 1, got {stop_after}")
     rank, world, local_rank = setup_distributed(cfg.device)
