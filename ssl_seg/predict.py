@@ -49,11 +49,14 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
     paths = list_images(images)
     out = Path(out)
     settings = {"checkpoint_sha256": file_sha256(checkpoint_file(checkpoint)), "tta": tta, "tile_size": tile_size}
-    if skip_existing:
-        check_same_predictions(out, settings)
-    else:
-        remove_other_predictions(out, settings, paths)
-    save_json(out / "predict.json", settings)  # before any mask: a later --skip-existing compares with it
+    record = out / "predict.json"  # absent in folders of ssl_seg 0.1.4 and earlier
+    changed = changed_settings(record, settings) if record.is_file() else []
+    if changed and skip_existing:
+        raise ValueError(f"{out} holds masks predicted with other settings ({'; '.join(changed)}); --skip-existing "
+                         "would mix them: drop it to predict every image again, or pass another --out")
+    if changed:
+        remove_masks(out, paths)
+    save_json(record, settings)  # before any mask: a later --skip-existing compares with it
     todo = [p for p in paths if not (skip_existing and (out / f"{p.stem}_pred.npy").exists())]
     written = []
     try:
@@ -71,23 +74,10 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
     return written
 
 
-def check_same_predictions(out: Path, settings: dict) -> None:
-    """``--skip-existing`` keeps masks of the same checkpoint and settings only: others would mix two models."""
-    path = out / "predict.json"
-    if not path.is_file():  # folders of ssl_seg 0.1.4 and earlier record nothing
-        return
-    changed = changed_settings(path, settings)
-    if changed:
-        raise ValueError(f"{out} holds masks predicted with other settings ({'; '.join(changed)}); --skip-existing "
-                         "would mix them: drop it to predict every image again, or pass another --out")
 
-
-def remove_other_predictions(out: Path, settings: dict, paths: list[Path]) -> None:
+def remove_masks(out: Path, paths: list[Path]) -> None:
     """A full run with other settings replaces the masks of its images; they go first, so that if it is
     interrupted, a ``--skip-existing`` rerun does not keep the older model's masks of the images not yet done."""
-    record = out / "predict.json"
-    if not record.is_file() or not changed_settings(record, settings):
-        return
     stale = [out / f"{path.stem}_pred.npy" for path in paths if (out / f"{path.stem}_pred.npy").is_file()]
     for mask in stale:
         mask.unlink()

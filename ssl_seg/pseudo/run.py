@@ -61,8 +61,9 @@ def labeled_set_digest(labeled: str, binary_class: str | None = None) -> str:
     """Names the DINOv2 prototypes' labeled set by its ids and mask bytes, not its path (folders move)."""
     from ssl_seg import class_code
 
-    index = discover(labeled, binary_class=class_code(binary_class) if binary_class else None)
-    digest = hashlib.sha256(str(class_code(binary_class) if binary_class else None).encode())
+    binary = class_code(binary_class) if binary_class else None
+    index = discover(labeled, binary_class=binary)
+    digest = hashlib.sha256(str(binary).encode())
     for sample in sorted(index.labeled, key=lambda s: s.id):
         digest.update(sample.id.encode() + b"\0" + file_sha256(sample.mask).encode())
     return digest.hexdigest()[:16]
@@ -140,14 +141,15 @@ def merge_lock(out: Path):
         os.close(folder)  # closing releases the lock
 
 
+# What a folder's settings.json and every entry record, besides the refiner.
+SETTING_KEYS = ("threshold", "class_balance", "tta", "tile_size", "teacher_sha256", "dinov2", "dinov2_labeled")
+
+
 def comparable_settings(settings: dict) -> dict:
     """The settings two runs into one folder must share: the teacher's bytes and the refiner's kind, not
     their paths (a project folder may move to another machine). Keys that folders of older versions do
     not record are left out, and so not compared."""
-    return {"refiner": settings["refiner"].split(":")[0],
-            **{k: settings[k] for k in ("threshold", "class_balance", "tta", "tile_size", "teacher_sha256", "dinov2",
-                                   "dinov2_labeled")
-               if k in settings}}
+    return {"refiner": settings["refiner"].split(":")[0], **{k: settings[k] for k in SETTING_KEYS if k in settings}}
 
 
 def check_same_settings(out: Path, settings: dict) -> None:
@@ -315,8 +317,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
                 "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
                 "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
                 "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
-                **{key: settings[key] for key in ("threshold", "class_balance", "tta", "tile_size", "teacher_sha256",
-                                                  "dinov2", "dinov2_labeled")},
+                **{key: settings[key] for key in SETTING_KEYS},
             }
             pending.append(writers.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
             while len(pending) > 8:

@@ -77,13 +77,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 @contextlib.contextmanager
-def stop_on_interrupt(enabled: bool = True, distributed: bool = False):
+def stop_on_interrupt(distributed: bool = False):
     """Turn Ctrl-C (SIGINT) and SIGTERM (a scheduler's preemption) into a request (the list yielded gains
     an entry) that the loop honours after its step. In a single process a second signal acts at once.
     Under torchrun every signal is only a request: it forwards the terminal's Ctrl-C to ranks that got it
     already, and kills them itself after its --shutdown_timeout. Only in the main thread."""
     requested: list[int] = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield requested
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
