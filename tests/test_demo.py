@@ -13,7 +13,8 @@ from ssl_seg.data.io import read_mask
 from ssl_seg.demo import DemoConfig, run_demo
 
 TINY = {"labeled": 3, "unlabeled": 6, "test": 2, "size": [96, 128], "total_steps": 8, "teacher_steps": 4,
-        "batch_size": 2, "tile_size": 64, "num_workers": 0, "tta": 2}
+        "batch_size": 2, "tile_size": 64, "num_workers": 0, "tta": 2,
+        "threshold": 0.0}  # a 4-step teacher is confident nowhere: keep every pixel
 
 
 @pytest.mark.parametrize("pretrain_steps", [2, 4], ids=["with-student-finetune", "pretrain-only"])
@@ -35,7 +36,7 @@ def test_demo_runs_both_arms(tmp_path, capsys, pretrain_steps):
     out = tmp_path / "out"
     assert (out / "runs" / "student").exists() == (pretrain_steps < 4)  # a fine-tune only when steps are left
     manifest = json.loads((out / "pseudo" / "manifest.json").read_text())
-    assert len(manifest["images"]) == 6 and manifest["tta"] == 2
+    assert len(manifest["images"]) == 6 and manifest["tta"] == 2 and manifest["summary"]["confident_fraction"] > 0
     saved = json.loads((out / "demo_results.json").read_text())
     assert set(saved["results"]) == set(results) and saved["config"]["pretrain_steps"] == pretrain_steps
     assert (out / "report" / "report.html").is_file()

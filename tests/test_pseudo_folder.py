@@ -289,3 +289,17 @@ def test_cli_images_at_once(setup, tmp_path, capsys):
     assert "--images-at-once must be at least 1, got 0" in capsys.readouterr().err
     assert main(command + ["--images-at-once", "2"]) == 0
     assert len(list((tmp_path / "pl" / "entries").glob("*.json"))) == 5
+
+
+def test_few_confident_pixels_warn_and_none_is_refused_by_pretrain(setup, tmp_path, capsys):
+    teacher, images = setup
+    pseudo_label(teacher, images, tmp_path / "kept", **FAST)
+    assert "kept a label" not in capsys.readouterr().err
+    stats = pseudo_label(teacher, images, tmp_path / "none", **{**FAST, "threshold": 1.0})  # a 1-step teacher
+    assert stats["confident_fraction"] == 0
+    warning = capsys.readouterr().err
+    assert "only 0.0% of the pixels" in warning and "lower --threshold" in warning
+    cfg = load_config(None, {"steps": 1, "batch_size": 2, "tile_size": 64, "num_workers": 0,
+                             "pseudo_labels": str(tmp_path / "none")})
+    with pytest.raises(TrainError, match=r"no pixel reached the teacher's confidence threshold \(1.0\)"):
+        train(cfg, images.parent.parent, tmp_path / "student", mode="pretrain", progress=False)

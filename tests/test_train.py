@@ -377,7 +377,7 @@ def test_validation_that_leaves_nothing_is_named(dataset, tmp_path, settings, me
 
 def test_resume_on_other_pseudo_labels_is_refused(dataset, tmp_path, monkeypatch, capsys):
     train(load_config(None, {**TINY, "steps": 2}), dataset, tmp_path / "teacher", progress=False)
-    for name, threshold, tile_size in (("pl", 0.0, 64), ("pl_other", 0.5, 64), ("pl_tiles", 0.0, 48)):
+    for name, threshold, tile_size in (("pl", 0.0, 64), ("pl_other", 0.1, 64), ("pl_tiles", 0.0, 48)):
         pseudo_label(tmp_path / "teacher", dataset / "train" / "unlabeled", tmp_path / name, threshold=threshold,
                      refine="none", tile_size=tile_size, workers=0, progress=False)
     settings = {**TINY, "labeled_ratio": 0.5, "init": str(tmp_path / "teacher" / "best.pth")}
@@ -440,7 +440,7 @@ def test_pseudo_label_folder_moves_with_its_images(dataset, tmp_path):
     train(load_config(None, {**TINY, "steps": 2}), dataset, tmp_path / "teacher", progress=False)
     shutil.copytree(dataset, tmp_path / "here" / "data")
     pseudo_label(tmp_path / "teacher", tmp_path / "here" / "data" / "train" / "unlabeled", tmp_path / "here" / "pl",
-                 refine="none", threshold=0.3, tile_size=64, workers=0, progress=False)
+                 refine="none", threshold=0.0, tile_size=64, workers=0, progress=False)
     (tmp_path / "here").rename(tmp_path / "there")  # e.g. the project copied to a GPU machine
     moved = load_config(None, {**TINY, "steps": 2, "pseudo_labels": str(tmp_path / "there" / "pl")})
     train(moved, tmp_path / "there" / "data", tmp_path / "student", mode="pretrain", progress=False)
