@@ -301,5 +301,5 @@ def test_few_confident_pixels_warn_and_none_is_refused_by_pretrain(setup, tmp_pa
     assert "only 0.0% of the pixels" in warning and "lower --threshold" in warning
     cfg = load_config(None, {"steps": 1, "batch_size": 2, "tile_size": 64, "num_workers": 0,
                              "pseudo_labels": str(tmp_path / "none")})
-    with pytest.raises(TrainError, match=r"no pixel reached the teacher's confidence threshold \(1.0\)"):
+    with pytest.raises(TrainError, match=r"no pixel kept a label \(confidence threshold 1.0\)"):
         train(cfg, images.parent.parent, tmp_path / "student", mode="pretrain", progress=False)

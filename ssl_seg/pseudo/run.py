@@ -354,7 +354,6 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     summary = manifest.get("summary", {})
     if summary and summary["images"] == len(all_paths) and summary["confident_fraction"] < FEW_CONFIDENT:
         say(f"only {summary['confident_fraction']:.1%} of the pixels in {out} kept a label (confidence threshold "
-            f"{threshold}), so a "
-            "student would learn little from them: pseudo-label again with a lower --threshold, or fine-tune the "
-            "teacher longer")
+            f"{threshold}), so a student would learn little from them: pseudo-label again with a lower --threshold, "
+            "or fine-tune the teacher longer")
     return {**stats, **summary}

@@ -231,9 +231,9 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
         raise TrainError(f"{manifest} lists no pseudo-labeled images; rerun pseudo-label")
     summary = content.get("summary")
     if isinstance(summary, dict) and summary.get("confident_fraction") == 0:
-        raise TrainError(f"{manifest}: no pixel reached the teacher's confidence threshold "
-                         f"({content.get('threshold')}), so every pseudo mask is ignored; rerun `ssl-seg pseudo-label` "
-                         "into another --out with a lower --threshold, or fine-tune the teacher longer")
+        raise TrainError(f"{manifest}: no pixel kept a label (confidence threshold {content.get('threshold')}), so "
+                         "every pseudo mask is ignored; rerun `ssl-seg pseudo-label` into another --out with a lower "
+                         "--threshold, or fine-tune the teacher longer")
     if len(samples) < expected:
         raise TrainError(f"{manifest} lists {len(samples)} of {expected} images: shards of pseudo-label are "
                          f"unfinished; rerun each `ssl-seg pseudo-label ... --shard i/n --out {pseudo_dir}` "
