@@ -35,9 +35,11 @@ def ema_model(checkpoint: Path) -> torch.nn.Module:
 def scaled_proba(model: torch.nn.Module, image: torch.Tensor, scale: float, tta: int, tile_size: int) -> torch.Tensor:
     if scale == 1:
         return predict_proba(model, image, tile_size=tile_size, tta=tta)
-    resized = F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+    # recompute_scale_factor: both ways map pixel centres alike when height x scale is not whole
+    resized = F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1,
+                            recompute_scale_factor=True)
     probs = predict_proba(model, resized, tile_size=tile_size, tta=tta)
-    return F.interpolate(probs, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return F.interpolate(probs, size=image.shape[-2:], mode="bilinear", align_corners=False, antialias=scale > 1)
 
 
 def main() -> None:
@@ -52,7 +54,12 @@ def main() -> None:
     args = parser.parse_args()
 
     data = Path(args.data)
-    sets = {name: [float(s) for s in name.split("+")] for name in args.scales}
+    try:
+        sets = {name: [float(s) for s in name.split("+")] for name in args.scales}
+    except ValueError:
+        parser.error(f"--scales takes sets of numbers joined by +, such as 1 1+1.5, not {' '.join(args.scales)}")
+    if any(s <= 0 for chosen in sets.values() for s in chosen):
+        parser.error("--scales must be positive")
     scales = sorted({s for chosen in sets.values() for s in chosen})
     models = {"trained": load_model(args.checkpoint)[0], "ema": ema_model(Path(args.checkpoint))}
     confusion = {(weights, name): np.zeros((4, 4), np.int64) for weights in models for name in sets}

@@ -295,10 +295,12 @@ def test_few_confident_pixels_warn_and_none_is_refused_by_pretrain(setup, tmp_pa
     teacher, images = setup
     pseudo_label(teacher, images, tmp_path / "kept", **FAST)
     assert "kept a label" not in capsys.readouterr().err
-    stats = pseudo_label(teacher, images, tmp_path / "none", **{**FAST, "threshold": 1.0})  # a 1-step teacher
-    assert stats["confident_fraction"] == 0
+    pseudo_label(teacher, images, tmp_path / "none", shard=(0, 2), **{**FAST, "threshold": 1.0})  # a 1-step teacher
+    assert "kept a label" not in capsys.readouterr().err  # the folder is not finished yet
+    stats = pseudo_label(teacher, images, tmp_path / "none", shard=(1, 2), **{**FAST, "threshold": 1.0})
+    assert stats["images"] == 5 and stats["confident_fraction"] == 0
     warning = capsys.readouterr().err
-    assert "only 0.0% of the pixels" in warning and "lower --threshold" in warning
+    assert "only 0.00% of the pixels" in warning and "lower --threshold, or" in warning
     cfg = load_config(None, {"steps": 1, "batch_size": 2, "tile_size": 64, "num_workers": 0,
                              "pseudo_labels": str(tmp_path / "none")})
     with pytest.raises(TrainError, match=r"no pixel kept a label \(confidence threshold 1.0\)"):

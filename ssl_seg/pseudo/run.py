@@ -352,8 +352,10 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
         dist.barrier()
     manifest = merge_manifest(out, settings) if rank == 0 else {}
     summary = manifest.get("summary", {})
-    if summary and summary["images"] == len(all_paths) and summary["confident_fraction"] < FEW_CONFIDENT:
-        say(f"only {summary['confident_fraction']:.1%} of the pixels in {out} kept a label (confidence threshold "
-            f"{threshold}), so a student would learn little from them: pseudo-label again with a lower --threshold, "
-            "or fine-tune the teacher longer")
+    if summary and summary["images"] >= len(all_paths) and summary["confident_fraction"] < FEW_CONFIDENT:
+        disagreeing = (" (or without --dinov2: pixels where the two teachers disagree are never kept)"
+                       if feature_teacher else "")
+        say(f"only {summary['confident_fraction']:.2%} of the pixels in {out} kept a label (confidence threshold "
+            f"{threshold}), so a student would learn little from them: pseudo-label again with a lower --threshold"
+            f"{disagreeing}, or fine-tune the teacher longer")
     return {**stats, **summary}

@@ -229,15 +229,15 @@ def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
                          f"--out {pseudo_dir}` (finished images are kept)") from None
     if not samples:
         raise TrainError(f"{manifest} lists no pseudo-labeled images; rerun pseudo-label")
+    if len(samples) < expected:
+        raise TrainError(f"{manifest} lists {len(samples)} of {expected} images: shards of pseudo-label are "
+                         f"unfinished; rerun each `ssl-seg pseudo-label ... --shard i/n --out {pseudo_dir}` "
+                         "to finish it")
     summary = content.get("summary")
     if isinstance(summary, dict) and summary.get("confident_fraction") == 0:
         raise TrainError(f"{manifest}: no pixel kept a label (confidence threshold {content.get('threshold')}), so "
                          "every pseudo mask is ignored; rerun `ssl-seg pseudo-label` into another --out with a lower "
                          "--threshold, or fine-tune the teacher longer")
-    if len(samples) < expected:
-        raise TrainError(f"{manifest} lists {len(samples)} of {expected} images: shards of pseudo-label are "
-                         f"unfinished; rerun each `ssl-seg pseudo-label ... --shard i/n --out {pseudo_dir}` "
-                         "to finish it")
     missing = [s.image for s in samples if not s.image.is_file()]
     if missing:
         raise TrainError(f"{manifest}: {len(missing)} image(s) not found, first {missing[0]}; paths are relative to "
