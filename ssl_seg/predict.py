@@ -74,13 +74,12 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
     return written
 
 
-
 def remove_masks(out: Path, paths: list[Path]) -> None:
     """A full run with other settings replaces the masks of its images; they go first, so that if it is
     interrupted, a ``--skip-existing`` rerun does not keep the older model's masks of the images not yet done."""
-    stale = [out / f"{path.stem}_pred.npy" for path in paths if (out / f"{path.stem}_pred.npy").is_file()]
-    for mask in stale:
-        mask.unlink()
-        (out / "overlays" / f"{mask.name[:-len('_pred.npy')]}.jpg").unlink(missing_ok=True)
+    stale = [path.stem for path in paths if (out / f"{path.stem}_pred.npy").is_file()]
+    for stem in stale:
+        (out / f"{stem}_pred.npy").unlink()
+        (out / "overlays" / f"{stem}.jpg").unlink(missing_ok=True)
     if stale:
         print(f"ssl-seg predict: replacing {len(stale)} masks of other settings in {out}", file=sys.stderr)

@@ -14,7 +14,6 @@ def real_data() -> Path:
     return REAL_DATA
 
 
-
 def at_third_step(action):
     """A TrainAugment whose third call (the third training step) runs ``action()`` first: the moment a test
     sends a signal, or marks that the loop is running."""

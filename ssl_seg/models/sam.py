@@ -122,16 +122,13 @@ def interior_point(component: np.ndarray, max_side: int = 256) -> tuple[int, int
     image-sized component then costs about a tenth, and the point, a block's centre pixel, still
     lies inside. Components too thin for any whole block are measured in full.
     """
-    factor = -(-max(component.shape) // max_side)
+    grid, factor = component, -(-max(component.shape) // max_side)
     if factor > 1:
         blocks = block_reduce(component, (factor, factor), np.all, cval=False)
-        if blocks.any():
-            distance = ndimage.distance_transform_edt(np.pad(blocks, 1))[1:-1, 1:-1]
-            row, col = np.unravel_index(int(distance.argmax()), distance.shape)
-            return int(row) * factor + factor // 2, int(col) * factor + factor // 2
-    distance = ndimage.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
+        grid, factor = (blocks, factor) if blocks.any() else (component, 1)
+    distance = ndimage.distance_transform_edt(np.pad(grid, 1))[1:-1, 1:-1]
     row, col = np.unravel_index(int(distance.argmax()), distance.shape)
-    return int(row), int(col)
+    return int(row) * factor + factor // 2, int(col) * factor + factor // 2
 
 
 def resized_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:
