@@ -17,9 +17,10 @@ PALETTE = ((0, 0, 0), (230, 60, 50), (60, 160, 230), (250, 210, 40))
 
 
 def class_code(name_or_code: str | int) -> int:
-    """Map a class name ('liptinite') or code ('3', 3) to its code; raise ValueError otherwise."""
+    """Map a maceral's name ('liptinite') or code ('3', 3) to its code; raise ValueError otherwise
+    (background too: this names the foreground class of a binary mask)."""
     text = str(name_or_code).strip().lower()
-    if text in CLASS_NAMES:
+    if text in CLASS_NAMES[1:]:
         return CLASS_NAMES.index(text)
     if text.isdigit() and 0 < int(text) < NUM_CLASSES:
         return int(text)

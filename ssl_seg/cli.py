@@ -247,18 +247,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc``; for one re-raised from a DataLoader worker, the worker's own message."""
-    text = str(exc)
-    if "Original Traceback" in text:  # torch prefixes the worker's whole traceback; its last line is the message
-        last = text.rstrip().splitlines()[-1]
-        text = last.split(f"{type(exc).__name__}: ", 1)[-1]
-    return text
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ssl_seg.data.io import DataError
+    from ssl_seg.data.io import DataError, one_line
     from ssl_seg.models.hub import ModelLoadError
     from ssl_seg.train.checkpoint import CheckpointError
     from ssl_seg.train.trainer import TrainError

@@ -60,13 +60,15 @@ def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
     return predictions
 
 
-def find_labels(labels_dir: str | Path) -> dict[str, Path]:
-    """Map image id -> label file in ``labels_dir`` (``<id>_gt.npy``, ``<id>.npy``, ``<id>.png`` ...)."""
+def find_labels(labels_dir: str | Path, image_ids: set[str] = frozenset()) -> dict[str, Path]:
+    """Map image id -> label file in ``labels_dir`` (``<id>_gt.npy``, ``<id>.npy``, ``<id>.png`` ...);
+    ``image_ids`` (the predictions' ids) may themselves end in ``_gt``."""
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
         raise DataError(f"{labels_dir}: label folder not found; pass the folder holding <id>_gt.npy or <id>.png masks")
     # The data layer's matching, so evaluation pairs files exactly as training does.
-    return {image_id: path for image_id, path in masks_by_id(labels_dir).items() if not path.name.endswith(PRED_SUFFIX)}
+    masks = masks_by_id(labels_dir, image_ids)
+    return {image_id: path for image_id, path in masks.items() if not path.name.endswith(PRED_SUFFIX)}
 
 
 def read_binary_classes(labels_dir: str | Path, label_ids: set[str]) -> dict[str, int]:
@@ -89,7 +91,7 @@ def evaluate_dirs(pred_dir: str | Path, labels_dir: str | Path, binary_class: in
     Raises DataError for an empty folder, unpaired files, bad values or mismatched shapes.
     """
     predictions = find_predictions(pred_dir)
-    labels = find_labels(labels_dir)
+    labels = find_labels(labels_dir, set(predictions))
     missing_labels = [image_id for image_id in predictions if image_id not in labels]
     if missing_labels:
         raise DataError(

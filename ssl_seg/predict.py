@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ssl_seg.data.io import DataError, changed_settings, overlay, read_image, save_jpg, save_json, save_npy
+from ssl_seg.data.io import (DataError, changed_settings, one_line, overlay, read_image, save_jpg, save_json,
+                             save_npy)
 from ssl_seg.data.layout import list_images
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
@@ -55,6 +56,12 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
         raise ValueError(f"{out} holds masks predicted with other settings ({'; '.join(changed)}); --skip-existing "
                          "would mix them: drop it to predict every image again, or pass another --out")
     if changed:
+        ids = {path.stem for path in paths}
+        others = sorted(mask.name for mask in out.glob("*_pred.npy") if mask.name.removesuffix("_pred.npy") not in ids)
+        if others:  # predict.json can only speak for one setting
+            raise ValueError(f"{out} holds {len(others)} masks of other images predicted with other settings "
+                             f"({'; '.join(changed)}), such as {others[0]}; fix: pass another --out, or remove "
+                             "those masks first")
         remove_masks(out, paths)
     save_json(record, settings)  # before any mask: a later --skip-existing compares with it
     todo = [p for p in paths if not (skip_existing and (out / f"{p.stem}_pred.npy").exists())]
@@ -70,7 +77,7 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
             written.append(target)
     except DataError as exc:  # an unreadable image: the masks written so far are kept
         hint = "; then add --skip-existing to the same command to keep the masks already written" if written else ""
-        raise DataError(f"{exc}{hint}") from None
+        raise DataError(f"{one_line(exc)}{hint}") from None  # the worker's message, not its traceback
     return written
 
 

@@ -131,6 +131,14 @@ def test_two_labels_for_one_id_refused(tmp_path):
         evaluate_dirs(tmp_path / "p", tmp_path / "l")
 
 
+@pytest.mark.parametrize("label_form", [".npy", "_gt.npy"])
+def test_an_id_ending_in_gt_finds_its_label(tmp_path, label_form):
+    rng = np.random.default_rng(0)
+    write_pair(tmp_path / "p", tmp_path / "l", "core_gt", *random_pair(rng, (8, 8)), label_form=label_form)
+    write_pair(tmp_path / "p", tmp_path / "l", "plain", *random_pair(rng, (8, 8)))
+    assert set(evaluate_dirs(tmp_path / "p", tmp_path / "l")["per_image"]) == {"core_gt", "plain"}
+
+
 @pytest.mark.parametrize(
     "bad_pred,message",
     [

@@ -149,6 +149,22 @@ def test_two_masks_for_one_image(generic_root: Path) -> None:
         discover(generic_root)
 
 
+@pytest.mark.parametrize("mask_name", ["core_gt.png", "core_gt_gt.npy"])
+def test_an_image_id_ending_in_gt_finds_its_mask(tmp_path: Path, mask_name: str) -> None:
+    _image(tmp_path / "images" / "core_gt.png")
+    _mask(tmp_path / "masks" / mask_name)
+    _image(tmp_path / "images" / "plain.png")
+    _mask(tmp_path / "masks" / "plain_gt.npy")
+    labeled = [(s.id, s.mask.name) for s in discover(tmp_path).labeled]
+    assert labeled == [("core_gt", mask_name), ("plain", "plain_gt.npy")]
+
+
+def test_a_jpeg_mask_is_refused_not_skipped(generic_root: Path) -> None:
+    _image(generic_root / "masks" / "c.jpg")  # c.tif has no other mask: it would silently count as unlabeled
+    with pytest.raises(DataError, match=r"mask .*c\.jpg: JPEG compression .* fix: save the masks as \.npy or \.png"):
+        discover(generic_root)
+
+
 def test_hidden_temp_files_are_skipped(generic_root: Path) -> None:
     _image(generic_root / "images" / ".a.tmp-1234.png")
     _mask(generic_root / "masks" / ".b.tmp-1234.png")
@@ -235,8 +251,10 @@ def test_csv_alone_gives_the_class(ss2_root: Path) -> None:
         ("nobody,vitrinite\n", r"binary_classes\.csv:1: id 'nobody'"),
         ("aaa111,2\naaa111,3\n", r"binary_classes\.csv:2: .*twice"),
         ("aaa111,2,extra\n", r"binary_classes\.csv:1: expected 'id,class'"),
+        ("aaa111,background\n", r"binary_classes\.csv:1: unknown class 'background'"),
+        ("aaa111," + "x" * 200_000 + "\n", r"binary_classes\.csv:1: not a readable CSV line .*field limit"),
     ],
-    ids=["unknown-class", "unknown-id", "duplicate", "extra-column"],
+    ids=["unknown-class", "unknown-id", "duplicate", "extra-column", "background", "huge-field"],
 )
 def test_bad_binary_classes_csv(ss2_root: Path, text: str, expected: str) -> None:
     (ss2_root / "train" / "labels" / "binary_classes.csv").write_text(text)

@@ -297,6 +297,9 @@ def test_default_grouping_is_one_sample_all():
         ("image,sample\nS1_a,x\n", r"no sample for 3 predicted image\(s\): S1_b, S2_c, S2_d"),
         ("name,group\nS1_a,x\n", "lacks the columns 'image' and 'sample'"),
         ("image,sample\nS1_a,x\nS1_a,y\nS1_b,x\nS2_c,x\nS2_d,x\n", "is in samples 'x' and 'y'"),
+        ("image,sample\n\nS1_a,x\n\nS1_a,y\n", r"s\.csv:5: image 'S1_a' is in samples"),  # blank lines counted
+        ("image,sample\nS1_a,x\nS1_b," + "y" * 200_000 + "\n", r"s\.csv:3: not a readable CSV line"),
+        ("", "lacks the columns 'image' and 'sample'"),
     ],
 )
 def test_bad_samples_csv_refused(tmp_path, csv_text, message):

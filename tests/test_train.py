@@ -90,7 +90,8 @@ def test_an_interrupted_rerun_with_other_settings_does_not_keep_the_older_masks(
     assert again == [tmp_path / "pred" / f"{second.stem}_pred.npy"]  # the tta=1 mask was not kept
 
 
-def test_an_unreadable_image_keeps_the_masks_written_and_says_how_to_go_on(dataset, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the error comes back from a DataLoader worker
+def test_an_unreadable_image_keeps_the_masks_written_and_says_how_to_go_on(dataset, tmp_path, workers):
     from ssl_seg.data.io import DataError
 
     train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False)
@@ -99,9 +100,26 @@ def test_an_unreadable_image_keeps_the_masks_written_and_says_how_to_go_on(datas
     for path in (dataset / "test").iterdir():
         (images / path.name).write_bytes(path.read_bytes())
     (images / "zzz_broken.jpg").write_bytes(b"not a jpeg")  # sorts last: two masks are written before it
-    with pytest.raises(DataError, match="zzz_broken.jpg.*then add --skip-existing to the same command"):
-        predict_folder(tmp_path / "run", images, tmp_path / "pred", tile_size=64, progress=False, workers=0)
+    with pytest.raises(DataError, match="zzz_broken.jpg.*then add --skip-existing to the same command") as info:
+        predict_folder(tmp_path / "run", images, tmp_path / "pred", tile_size=64, progress=False, workers=workers)
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
     assert len(list((tmp_path / "pred").glob("*_pred.npy"))) == 2
+
+
+def test_other_settings_into_a_folder_with_masks_of_other_images_are_refused(dataset, tmp_path):
+    train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False)
+    first, second = sorted((dataset / "test").iterdir())
+    for name, path in (("a", first), ("b", second)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / path.name).write_bytes(path.read_bytes())
+    run = {"tile_size": 64, "progress": False, "workers": 0}
+    older = predict_folder(tmp_path / "run", tmp_path / "a", tmp_path / "pred", tta=1, **run)[0].read_bytes()
+    # predict.json would then speak for the tta=1 mask of a as well
+    with pytest.raises(ValueError, match=rf"holds 1 masks of other images .*tta 1 -> 8.*{first.stem}_pred.npy"):
+        predict_folder(tmp_path / "run", tmp_path / "b", tmp_path / "pred", tta=8, **run)
+    assert (tmp_path / "pred" / f"{first.stem}_pred.npy").read_bytes() == older  # nothing lost
+    assert not (tmp_path / "pred" / f"{second.stem}_pred.npy").exists()
+    predict_folder(tmp_path / "run", tmp_path / "b", tmp_path / "pred", tta=1, **run)  # same settings: added
 
 
 def test_resume_equals_uninterrupted(dataset, tmp_path):

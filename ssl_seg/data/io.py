@@ -12,6 +12,7 @@ and ``os.replace`` it into place.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import uuid
@@ -38,6 +39,15 @@ _BINARY_FIX = "give its class with --binary-class NAME or a binary_classes.csv l
 
 class DataError(ValueError):
     """A user's input file or folder is unusable; the message names it, what was found and the fix."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc``; for one re-raised from a DataLoader worker, the worker's own message."""
+    text = str(exc)
+    if "Original Traceback" in text:  # torch prefixes the worker's whole traceback; its last line is the message
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(f"{type(exc).__name__}: ", 1)[-1]
+    return text
 
 
 # --------------------------------------------------------------------------- images
@@ -447,13 +457,20 @@ def save_jpg(path: str | Path, rgb: np.ndarray, quality: int = 90) -> None:
         Image.fromarray(rgb).save(temp, format="JPEG", quality=quality)
 
 
-def csv_lines(path: str | Path) -> list[str]:
-    """The lines of a small UTF-8 text file (a byte-order mark is dropped), for ``csv.reader``."""
+def csv_rows(path: str | Path) -> list[list[str]]:
+    """The rows of a small UTF-8 CSV file (a byte-order mark is dropped); DataError naming ``file:line``
+    for text the csv module cannot parse."""
     try:
-        return Path(path).read_bytes().decode("utf-8-sig").splitlines(keepends=True)
+        lines = Path(path).read_bytes().decode("utf-8-sig").splitlines(keepends=True)
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
                         "fix: save it as a UTF-8 CSV") from None
+    reader = csv.reader(lines)
+    try:
+        return list(reader)
+    except csv.Error as error:  # an unclosed quote, a field past the csv module's size limit
+        raise DataError(f"{path}:{reader.line_num}: not a readable CSV line ({error}); "
+                        "fix: save it as a plain comma-separated file") from None
 
 
 def changed_settings(record: str | Path, now: dict) -> list[str]:

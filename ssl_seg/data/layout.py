@@ -18,7 +18,6 @@ a ``binary_classes.csv`` (lines ``id,class``) in the labels/masks folder, which 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ssl_seg import class_code
-from ssl_seg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, binary_class_code, csv_lines, image_size,
+from ssl_seg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, binary_class_code, csv_rows, image_size,
                              read_image, read_mask)
 
 BINARY_CLASSES_CSV = "binary_classes.csv"
@@ -157,16 +156,13 @@ def _optional_images(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- masks and classes
 
 
-def _mask_id(mask: Path) -> str:
-    stem = mask.stem
-    return stem[: -len(LABEL_SUFFIX)] if stem.endswith(LABEL_SUFFIX) else stem
-
-
-def masks_by_id(folder: Path) -> dict[str, Path]:
-    """Map image id -> mask file; ``<id>`` and ``<id>_gt`` both name image ``<id>``."""
+def masks_by_id(folder: Path, image_ids: set[str] = frozenset()) -> dict[str, Path]:
+    """Map image id -> mask file; ``<id>`` and ``<id>_gt`` both name image ``<id>``, and a mask whose
+    whole stem is one of ``image_ids`` names that image (an id may itself end in ``_gt``)."""
     masks: dict[str, Path] = {}
     for mask in _visible_files(folder, MASK_SUFFIXES):
-        mask_id = _mask_id(mask)
+        stem = mask.stem
+        mask_id = stem if stem in image_ids else stem.removesuffix(LABEL_SUFFIX)
         if mask_id in masks:
             raise DataError(
                 f"masks {mask} and {masks[mask_id]} both belong to image id {mask_id!r}; fix: keep only one of them"
@@ -183,7 +179,7 @@ def read_binary_classes(csv_path: str | Path, known_ids: set[str]) -> dict[str, 
     """
     csv_path = Path(csv_path)
     classes: dict[str, int] = {}
-    for line_number, row in enumerate(csv.reader(csv_lines(csv_path)), start=1):
+    for line_number, row in enumerate(csv_rows(csv_path), start=1):
         cells = [cell.strip() for cell in row]
         if not cells or not any(cells) or cells[0].startswith("#"):
             continue
@@ -215,8 +211,12 @@ def _pair_labeled(
     ``require_all``: every image must have a mask (SS2 ``train/labeled``).
     A mask without an image is always an error: it means a typo or a missing file.
     """
-    masks = masks_by_id(mask_folder)
+    lossy = [path for path in _visible_files(mask_folder, IMAGE_SUFFIXES) if path.suffix.lower() not in MASK_SUFFIXES]
+    if lossy:  # a folder of masks: a JPEG there is a mask saved lossily, not an image to skip
+        raise DataError(f"mask {lossy[0]}: JPEG compression alters class codes at every edge; fix: save the "
+                        f"masks as .npy or .png, or move the file out of {mask_folder}")
     image_ids = {image.stem for image in images}
+    masks = masks_by_id(mask_folder, image_ids)
     for mask_id, mask in masks.items():
         if mask_id not in image_ids:
             raise DataError(

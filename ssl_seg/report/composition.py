@@ -17,7 +17,6 @@ Two uncertainties are reported for the organic fractions of a sample:
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import zlib
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_seg import CLASS_NAMES, NUM_CLASSES
-from ssl_seg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, csv_lines, read_prediction
+from ssl_seg.data.io import IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, csv_rows, read_prediction
 from ssl_seg.evaluate import PRED_SUFFIX, format_ids
 
 MACERALS = CLASS_NAMES[1:]
@@ -123,17 +122,17 @@ def samples_from_csv(csv_path: str | Path, image_ids: Sequence[str]) -> dict[str
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: samples CSV not found; fix: check the --samples path")
-    reader = csv.DictReader(csv_lines(csv_path))
-    columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
+    header, *rows = csv_rows(csv_path) or [[]]
+    columns = {name.strip().lower(): i for i, name in enumerate(header)}
     if "image" not in columns or "sample" not in columns:
         raise DataError(
-            f"{csv_path}: header {reader.fieldnames} lacks the columns 'image' and 'sample'; "
+            f"{csv_path}: header {header} lacks the columns 'image' and 'sample'; "
             "fix: start the file with the line 'image,sample'"
         )
     mapping: dict[str, str] = {}
-    for line_number, row in enumerate(reader, start=2):
-        image = (row.get(columns["image"]) or "").strip()
-        sample = (row.get(columns["sample"]) or "").strip()
+    for line_number, row in enumerate(rows, start=2):
+        image, sample = (row[columns[name]].strip() if columns[name] < len(row) else ""
+                         for name in ("image", "sample"))
         if not image and not sample:
             continue
         if not image or not sample:
@@ -363,8 +362,8 @@ _PER_MACERAL_COMPOSITION = {
     "{m}_organic_fraction": "This maceral's share of the organic matter: `{m}_pixels / organic_pixels` (0..1); "
     "the three organic fractions of a row sum to 1.",
     "{m}_organic_fraction_ci_low": "Sample rows: 2.5th percentile of `{m}_organic_fraction` over bootstrap "
-    "resamples of the sample's images (95% interval; narrows as images are added). Empty on image rows and "
-    "for samples of one image.",
+    "resamples of the sample's images (95% interval; narrows as images are added), leaving out resamples "
+    "without organic matter. Empty on image rows, for samples of one image and with `--bootstrap 0`.",
     "{m}_organic_fraction_ci_high": "Sample rows: 97.5th percentile of the same bootstrap (upper 95% bound).",
 }
 _PER_MACERAL_POINTS = {
@@ -445,7 +444,7 @@ def columns_markdown() -> str:
         "",
         "One row per sample (`level` = `sample`, pooled over its images, area-weighted) followed by one row per "
         "image of that sample (`level` = `image`). Fractions are 0..1 with 6 decimals; an empty cell means "
-        "undefined (no organic matter, or no bootstrap for a single image).",
+        "undefined (no organic matter, or no bootstrap: a sample of one image, or `--bootstrap 0`).",
         "",
         "| column | meaning |",
         "| --- | --- |",
