@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfi
         key, value = item
         key = key.strip().replace("-", "_")
         if key not in known:
-            raise ValueError(f"unknown config key '{key}'; known keys: {', '.join(sorted(known))}")
+            close = difflib.get_close_matches(key, known, n=1) or [k for k in sorted(known) if k.endswith(f"_{key}")]
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown config key '{key}'; {hint}known keys: {', '.join(sorted(known))}")
         current = getattr(cfg, key)
         try:
             changes[key] = _parse_value(value, current)
@@ -139,7 +142,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ValueError(f"config file {path} is not valid YAML{line}; fix it or leave --config out") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a flat mapping of key: value")
-        cfg = apply_overrides(cfg, data)
+        try:
+            cfg = apply_overrides(cfg, data)
+        except ValueError as error:
+            raise ValueError(f"config file {path}: {error}") from None
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -55,6 +56,13 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
     if changed and skip_existing:
         raise ValueError(f"{out} holds masks predicted with other settings ({'; '.join(changed)}); --skip-existing "
                          "would mix them: drop it to predict every image again, or pass another --out")
+    sources = json.loads(record.read_text()).get("sources", {}) if record.is_file() else {}
+    for path in paths:  # two folders that share file names (IMG_0001.jpg) would overwrite each other's masks
+        before = sources.get(path.stem)
+        if before and Path(before).is_file() and Path(before) != path.resolve() \
+                and (out / f"{path.stem}_pred.npy").is_file():
+            raise DataError(f"{out} holds {path.stem}_pred.npy, the mask of {before}, and {path} has the same id; "
+                            "fix: predict these images into another --out")
     if changed:
         ids = {path.stem for path in paths}
         others = sorted(mask.name for mask in out.glob("*_pred.npy") if mask.name.removesuffix("_pred.npy") not in ids)
@@ -63,7 +71,9 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
                              f"({'; '.join(changed)}), such as {others[0]}; fix: pass another --out, or remove "
                              "those masks first")
         remove_masks(out, paths)
-    save_json(record, settings)  # before any mask: a later --skip-existing compares with it
+        sources = {}
+    sources.update({path.stem: str(path.resolve()) for path in paths})  # the image each mask comes from
+    save_json(record, {**settings, "sources": sources})  # before any mask: a later --skip-existing compares with it
     todo = [p for p in paths if not (skip_existing and (out / f"{p.stem}_pred.npy").exists())]
     written = []
     try:

@@ -35,6 +35,16 @@ def test_yaml_values_are_checked_like_flags(tmp_path):
         load_config(config)
 
 
+@pytest.mark.parametrize("key, hint", [("batch_sise", "did you mean 'batch_size'"),
+                                       ("threshold", "did you mean 'pseudo_threshold'"),
+                                       ("colour", "known keys: ")])
+def test_an_unknown_key_names_the_file_and_the_nearest_key(tmp_path, key, hint):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{key}: 3\n")
+    with pytest.raises(ValueError, match=rf"config file {config}: unknown config key '{key}'; {hint}"):
+        load_config(config)
+
+
 def test_flags_override_yaml_and_set_overrides_both(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("steps: 5\nlr: 0.01\nseed: 3\n")

@@ -131,6 +131,14 @@ def test_two_labels_for_one_id_refused(tmp_path):
         evaluate_dirs(tmp_path / "p", tmp_path / "l")
 
 
+def test_a_dataset_root_as_labels_names_its_mask_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "root").mkdir()
+    write_pair(tmp_path / "p", tmp_path / "root" / "masks", "a", *random_pair(rng, (8, 8)))
+    with pytest.raises(DataError, match=r"no masks in this folder itself; fix: .* e\.g\. .*root/masks"):
+        evaluate_dirs(tmp_path / "p", tmp_path / "root")
+
+
 @pytest.mark.parametrize("label_form", [".npy", "_gt.npy"])
 def test_an_id_ending_in_gt_finds_its_label(tmp_path, label_form):
     rng = np.random.default_rng(0)

@@ -212,6 +212,16 @@ def test_discover_refuses_unrecognisable_roots(tmp_path: Path, case: str) -> Non
     assert str(root) in message and "train/labeled" in message and "images/" in message and "\n" not in message
 
 
+def test_list_images_names_the_folder_of_a_file_and_no_mask_folder(tmp_path: Path) -> None:
+    image = _image(tmp_path / "root" / "images" / "a.png")
+    _mask(tmp_path / "root" / "masks" / "a.png")
+    with pytest.raises(DataError, match=rf"is a file; fix: pass the folder that holds it, {image.parent}"):
+        list_images(image)
+    with pytest.raises(DataError, match="no images found") as info:
+        list_images(tmp_path / "root")
+    assert str(image.parent) in str(info.value) and "masks" not in str(info.value)
+
+
 def test_list_images(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         list_images(tmp_path / "nope")

@@ -155,6 +155,22 @@ def test_an_image_whose_mask_went_missing_is_labelled_again(setup, tmp_path):
     assert (stats["done"], stats["skipped"]) == (1, 4) and lost.is_file()
 
 
+def test_another_image_under_a_finished_id_is_refused_not_skipped(setup, tmp_path):
+    teacher, images = setup
+    other = tmp_path / "other"
+    other.mkdir()
+    first = sorted(images.iterdir())[0]
+    shutil.copy(sorted(images.iterdir())[1], other / first.name)  # another picture under the same file name
+    pseudo_label(teacher, images, tmp_path / "pl", **FAST)
+    with pytest.raises(DataError, match=rf"pseudo-label of .*{first.name} under id '{first.stem}'.*another --out"):
+        pseudo_label(teacher, other, tmp_path / "pl", **FAST)
+    moved = tmp_path / "moved"  # the folder moved without its images: nothing to compare, it resumes
+    shutil.copytree(tmp_path / "pl", moved)
+    (moved / "entries" / f"{first.stem}.json").write_text(json.dumps(
+        {**json.loads((moved / "entries" / f"{first.stem}.json").read_text()), "image": f"../gone/{first.name}"}))
+    assert pseudo_label(teacher, images, moved, **FAST)["skipped"] == 5
+
+
 def test_shards_of_another_teacher_are_refused(setup, tmp_path):
     teacher, images = setup
     train(load_config(None, {"steps": 1, "batch_size": 2, "tile_size": 64, "num_workers": 0, "val_every": 1,

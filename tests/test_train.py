@@ -122,6 +122,49 @@ def test_other_settings_into_a_folder_with_masks_of_other_images_are_refused(dat
     predict_folder(tmp_path / "run", tmp_path / "b", tmp_path / "pred", tta=1, **run)  # same settings: added
 
 
+def test_an_image_of_another_folder_under_the_same_id_is_refused(dataset, tmp_path):
+    from ssl_seg.data.io import DataError
+
+    train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False)
+    first, second = sorted((dataset / "test").iterdir())
+    for name, path in (("a", first), ("b", second)):  # two pictures under one file name
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "IMG_0001.jpg").write_bytes(path.read_bytes())
+    run = {"tile_size": 64, "progress": False, "workers": 0}
+    older = predict_folder(tmp_path / "run", tmp_path / "a", tmp_path / "pred", **run)[0].read_bytes()
+    with pytest.raises(DataError, match=r"IMG_0001_pred.npy, the mask of .*a/IMG_0001.jpg.*another --out"):
+        predict_folder(tmp_path / "run", tmp_path / "b", tmp_path / "pred", **run)
+    with pytest.raises(DataError, match="the mask of"):  # other settings would remove it: refused first
+        predict_folder(tmp_path / "run", tmp_path / "b", tmp_path / "pred", **{**run, "tta": 2})
+    assert (tmp_path / "pred" / "IMG_0001_pred.npy").read_bytes() == older
+    predict_folder(tmp_path / "run", tmp_path / "a", tmp_path / "pred", **run)  # its own image again: fine
+
+
+def test_a_run_says_what_it_trains_on_and_when_resume_finds_no_run(dataset, tmp_path, capsys):
+    train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False, resume=True)
+    err = capsys.readouterr().err
+    assert f"no run in {tmp_path / 'run'} to resume (no latest.pth); starting a new one" in err
+    assert "layout ss2 at" in err and "5 labeled, 4 unlabeled, 2 test; training on 4 labeled, validating on 1" in err
+    train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False, resume=True)
+    assert "no run in" not in capsys.readouterr().err
+
+
+def test_an_unreadable_validation_image_stops_the_run_before_its_first_step(dataset, tmp_path):
+    import shutil
+
+    from ssl_seg.data.io import DataError
+    from ssl_seg.data.layout import discover
+    from ssl_seg.train.trainer import split_validation
+
+    shutil.copytree(dataset, tmp_path / "data")
+    cfg = load_config(None, TINY)
+    _, (val,) = split_validation(discover(tmp_path / "data").labeled, cfg.val_fraction, cfg.seed)
+    val.image.write_bytes(val.image.read_bytes()[:400])  # a truncated JPEG: its header still reads
+    with pytest.raises(DataError, match=val.image.name):  # not after 2 steps, before any validation
+        train(cfg, tmp_path / "data", tmp_path / "run", progress=False, stop_after=2)
+    assert not (tmp_path / "run" / "latest.pth").exists()
+
+
 def test_resume_equals_uninterrupted(dataset, tmp_path):
     cfg = load_config(None, {**TINY, "steps": 8, "val_every": 4})
     train(cfg, dataset, tmp_path / "full", progress=False)
@@ -254,7 +297,10 @@ def test_cli_error_from_a_dataloader_worker_is_one_line(dataset, tmp_path, capsy
                  "--batch-size", "8", "--tile-size", "64", "--num-workers", "1", "--no-progress",
                  "--set", "val_fraction=0", "labeled_ratio=0.5"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and broken.name in err and "Traceback" not in err, err
+    assert code == 2 and "Traceback" not in err, err
+    *before, message = err.splitlines()  # before it: the run's data summary
+    assert message.startswith("ssl-seg pretrain: error: ") and broken.name in message, err
+    assert all(": error:" not in line for line in before), err
 
 
 @pytest.mark.parametrize("flags", [["--set", "val_tta=3"], ["--set", "val_every=0"], ["--batch-size", "0"],
@@ -483,6 +529,10 @@ def test_broken_pseudo_label_folders_are_one_line_errors(dataset, tmp_path):
         with pytest.raises(TrainError, match=match) as error:
             train(cfg, dataset, tmp_path / "student", mode="pretrain", progress=False)
         assert "\n" not in str(error.value) and "manifest.json" in str(error.value)
+    images = dataset / "train" / "unlabeled"  # the images given where their pseudo-labels go
+    with pytest.raises(TrainError, match=rf"{images} is a folder of images, not of pseudo-labels; .*--out PL"):
+        train(load_config(None, {**TINY, "pseudo_labels": str(images)}), dataset, tmp_path / "s2", mode="pretrain",
+              progress=False)
 
 
 def test_mean_teacher_predicts_in_eval_mode(dataset, tmp_path):

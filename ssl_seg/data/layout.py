@@ -128,13 +128,16 @@ def _check_unique_stems(paths: list[Path], what: str) -> None:
 def list_images(folder: str | Path) -> list[Path]:
     """Images directly in ``folder`` (by :data:`IMAGE_SUFFIXES`, any case), sorted by name."""
     folder = Path(folder)
+    if folder.is_file():
+        raise DataError(f"image folder {folder}: is a file; fix: pass the folder that holds it, {folder.parent}")
     if not folder.is_dir():
         raise DataError(f"image folder {folder}: not found; fix: check the path")
     images = _visible_files(folder, IMAGE_SUFFIXES)
     if not images:
-        # a dataset root: name its image folders, e.g. SS2's test/ or a generic layout's images/
+        # a dataset root: name its image folders, e.g. SS2's test/ or a generic layout's images/ (not its masks/)
         inside = [str(sub) for sub in sorted(folder.iterdir())
-                  if sub.is_dir() and not sub.name.startswith(".") and _visible_files(sub, IMAGE_SUFFIXES)]
+                  if sub.is_dir() and not sub.name.startswith(".") and sub.name.lower() not in MASK_FOLDER_NAMES
+                  and _visible_files(sub, IMAGE_SUFFIXES)]
         hint = f", e.g. {' or '.join(inside[:3])}" if inside else ""
         raise DataError(
             f"image folder {folder}: no images found (searched for {', '.join(IMAGE_SUFFIXES)}, any case); "

@@ -123,6 +123,17 @@ def manifest_image_path(image: Path, out: Path) -> str:
     return os.path.relpath(image.resolve(), out.resolve())
 
 
+def check_same_images(done: list[Path], out: Path) -> None:
+    """Refuse an image whose id names another image's finished pseudo-label in ``out`` (two folders that share
+    file names, such as IMG_0001.jpg): it would be skipped as done. A recorded image that is gone is not
+    compared (the folder may have moved without its images)."""
+    for path in done:
+        recorded = out / json.loads((out / "entries" / f"{path.stem}.json").read_text())["image"]
+        if recorded.is_file() and recorded.resolve() != path.resolve():
+            raise DataError(f"{out} holds the pseudo-label of {recorded.resolve()} under id {path.stem!r}, and "
+                            f"{path} has the same id; fix: label these images into another --out")
+
+
 def write_outputs(out: Path, stem: str, pseudo: np.ndarray, confidence: np.ndarray, entry: dict) -> None:
     save_png(out / "masks" / f"{stem}.png", pseudo)
     save_png(out / "confidence" / f"{stem}.png", np.round(confidence * 255).astype(np.uint8))
@@ -267,6 +278,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
     todo = [p for p in paths if not all((out / sub / f"{p.stem}{ext}").is_file() for sub, ext in
                                         (("entries", ".json"), ("masks", ".png"), ("confidence", ".png")))]
     if len(todo) < len(paths):
+        check_same_images(sorted(set(paths) - set(todo)), out)
         say(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already done")
     writer = SummaryWriter(out / "tb" / f"shard{shard_index}") if todo else None
     stats = {"done": 0, "skipped": len(paths) - len(todo)}

@@ -38,7 +38,7 @@ from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_code
 from ssl_seg.augment import TrainAugment, cutmix
 from ssl_seg.config import TrainConfig, check_config
 from ssl_seg.data.dataset import CropDataset, DrawSampler
-from ssl_seg.data.io import read_image
+from ssl_seg.data.io import IMAGE_SUFFIXES, read_image
 from ssl_seg.data.layout import Sample, discover, validate
 from ssl_seg.inference import autocast_for, predict_proba, to_tensor
 from ssl_seg.metrics import confusion_matrix, summarize
@@ -214,6 +214,10 @@ def batch_split(batch_size: int, labeled_ratio: float) -> tuple[int, int]:
 def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
     """Unlabeled images paired with their pseudo masks, from the folder ``pseudo-label`` wrote."""
     manifest = pseudo_dir / "manifest.json"
+    if not manifest.is_file() and pseudo_dir.is_dir() and any(
+            path.suffix.lower() in IMAGE_SUFFIXES for path in pseudo_dir.iterdir()):
+        raise TrainError(f"{pseudo_dir} is a folder of images, not of pseudo-labels; pass --pseudo-labels the --out "
+                         f"of `ssl-seg pseudo-label --images {pseudo_dir} --out PL`")
     if not manifest.is_file():
         raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first, or pass "
                          "--pseudo-labels DIR where the folder has moved")
@@ -289,6 +293,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     latest, best = out / "latest.pth", out / "best.pth"
     if latest.exists() and not resume:
         raise TrainError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if resume and not latest.exists() and rank == 0:  # a requeued job may always pass --resume; a typo is seen
+        print(f"ssl-seg {mode}: no run in {out} to resume (no latest.pth); starting a new one", file=sys.stderr)
 
     # --- data ---------------------------------------------------------------------------------
     binary = class_code(cfg.binary_class) if cfg.binary_class else None
@@ -315,6 +321,11 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     elif mode == "pretrain":
         raise TrainError(f"{data} has no unlabeled images; pass --pseudo-labels DIR (the output of "
                          "`ssl-seg pseudo-label`) or add images to its unlabeled folder")
+    if rank == 0:
+        pseudo = f", {len(unlabeled)} unlabeled" + (" with pseudo-labels" if cfg.pseudo_labels else "")
+        print(f"ssl-seg {mode}: {index.summary()}; training on {len(labeled)} labeled"
+              f"{pseudo if mode == 'pretrain' else ''}, validating on {len(val_samples)}"
+              + (f" from {cfg.val_dir}" if cfg.val_dir else ""), file=sys.stderr)
     n_labeled, n_unlabeled = ((cfg.batch_size, 0) if mode == "finetune"
                               else batch_split(cfg.batch_size, cfg.labeled_ratio))
 
@@ -386,9 +397,10 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                 "pretrained_backbone": pretrained_backbone, "best_score": best_score, "best_step": best_step,
                 "samples": samples}
 
+    # decoded now: an unreadable validation image stops the run before its first step, not at its first validation
+    images_cache = {s.id: (read_image(s.image), s.read_mask()) for s in val_samples} if rank == 0 else {}
     labeled_iter = loader(labeled, n_labeled, start_step, False) if n_labeled else None
     unlabeled_iter = loader(unlabeled, n_unlabeled, start_step, True) if n_unlabeled else None
-    images_cache: dict = {}
     summary: dict = {}
     timers = {"data": 0.0, "augment": 0.0, "teacher": 0.0, "compute": 0.0}
     window_start, window_images, window_steps = time.perf_counter(), 0, 0
