@@ -249,14 +249,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ssl_seg.data.io import DataError, one_line
-    from ssl_seg.models.hub import ModelLoadError
-    from ssl_seg.train.checkpoint import CheckpointError
-    from ssl_seg.train.trainer import TrainError
-
     try:
         return run(args)
-    except (DataError, ModelLoadError, CheckpointError, TrainError, ValueError) as exc:
+    except ValueError as exc:  # bad input: DataError, TrainError, CheckpointError, ModelLoadError are ValueErrors
+        from ssl_seg.data.io import one_line
+
         print(f"ssl-seg {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader of our output (`| head`) has closed it: nothing more to say
@@ -278,9 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssl-seg {args.command}: interrupted{done}; {how}", file=sys.stderr)
         return 130
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        dist = sys.modules.get("torch.distributed")  # not imported by evaluate or report: not needed then
+        if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # a gloo group still alive at exit can abort the process (SIGABRT)
 
 

@@ -82,6 +82,14 @@ def test_read_image_16bit_scaled_by_type_range(tmp_path: Path, suffix: str) -> N
     np.testing.assert_array_equal(image[0, :, 0], np.rint(values[0] / 65535 * 255).astype(np.uint8))
 
 
+def test_a_12_bit_image_in_a_16_bit_file_warns_and_keeps_the_fixed_scale(tmp_path: Path) -> None:
+    values = np.array([[0, 1000, 2000, 4095]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "camera.tif")
+    with pytest.warns(UserWarning, match=r"camera\.tif: 16-bit with values only up to 4095 .* multiplied by 16"):
+        image = read_image(tmp_path / "camera.tif")
+    np.testing.assert_array_equal(image[0, :, 0], np.rint(values[0] / 65535 * 255).astype(np.uint8))
+
+
 def test_read_image_16bit_rgb_tiff(tmp_path: Path) -> None:
     tifffile = pytest.importorskip("tifffile")
     rgb16 = np.zeros((4, 5, 3), np.uint16)

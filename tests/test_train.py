@@ -165,6 +165,16 @@ def test_an_unreadable_validation_image_stops_the_run_before_its_first_step(data
     assert not (tmp_path / "run" / "latest.pth").exists()
 
 
+def test_init_decides_the_model_and_the_checkpoint_says_which(dataset, tmp_path, capsys):
+    train(load_config(None, {**TINY, "steps": 1, "model": "dinov2-tiny"}), dataset, tmp_path / "teacher",
+          progress=False)
+    train(load_config(None, {**TINY, "steps": 1, "init": str(tmp_path / "teacher" / "latest.pth")}), dataset,
+          tmp_path / "student", progress=False)
+    assert "decides the model (dinov2-tiny), not --model segformer-tiny" in capsys.readouterr().err
+    state = torch.load(tmp_path / "student" / "latest.pth", weights_only=True)
+    assert state["config"]["model"] == "dinov2-tiny" and state["model_spec"]["family"] == "dinov2"
+
+
 def test_resume_equals_uninterrupted(dataset, tmp_path):
     cfg = load_config(None, {**TINY, "steps": 8, "val_every": 4})
     train(cfg, dataset, tmp_path / "full", progress=False)

@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ def _to_uint8_by_range(array: np.ndarray) -> np.ndarray:
 
 def _rgb_from_array(array: np.ndarray, path: Path) -> np.ndarray:
     """HxW / HxWx1..4 array of any depth -> uint8 HxWx3."""
+    if array.dtype in (np.uint16, np.int32) and array.size and 0 < int(array.max()) <= 4095:
+        # a 12-bit camera's values in a 16-bit file: one fixed scale keeps reflectance comparable between
+        # images, so it is not stretched per image, but the user should know it comes out dark and coarse
+        warnings.warn(f"image {path}: 16-bit with values only up to {int(array.max())} (a 12-bit camera?) is read "
+                      "on the 16-bit scale, dark and in 16 grey levels; fix: save such images multiplied by 16, "
+                      "or as 8-bit, all on one scale", stacklevel=2)
     array = _to_uint8_by_range(array)
     if array.ndim == 2:
         return np.repeat(array[:, :, None], 3, axis=2)

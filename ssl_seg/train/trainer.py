@@ -355,6 +355,13 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     elif cfg.init:  # the checkpoint decides the architecture; --model and --pretrained are not used
         init_state = load_checkpoint(cfg.init)
         model = model_from_checkpoint(init_state, cfg.init)
+        source = {key: init_state.get("config", {}).get(key, getattr(cfg, key)) for key in ("model", "pretrained")}
+        if (cfg.model, cfg.pretrained) != (source["model"], source["pretrained"]) and rank == 0:
+            print(f"ssl-seg {mode}: --init {cfg.init} decides the model ({source['model']}"
+                  + (f" from {source['pretrained']}" if source["pretrained"] else "")
+                  + f"), not --model {cfg.model}" + (f" --pretrained {cfg.pretrained}" if cfg.pretrained else ""),
+                  file=sys.stderr)
+        cfg = dataclasses.replace(cfg, **source)  # the checkpoints name the model they hold
         # a backbone that started from hub weights keeps its slower learning rate down the teacher-student chain
         pretrained_backbone = init_state.get("pretrained_backbone",
                                              bool(init_state.get("config", {}).get("pretrained")))
