@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -59,8 +61,7 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
     sources = json.loads(record.read_text()).get("sources", {}) if record.is_file() else {}
     for path in paths:  # two folders that share file names (IMG_0001.jpg) would overwrite each other's masks
         before = sources.get(path.stem)
-        if before and Path(before).is_file() and Path(before) != path.resolve() \
-                and (out / f"{path.stem}_pred.npy").is_file():
+        if before and (out / f"{path.stem}_pred.npy").is_file() and not same_image(Path(before), path):
             raise DataError(f"{out} holds {path.stem}_pred.npy, the mask of {before}, and {path} has the same id; "
                             "fix: predict these images into another --out")
     if changed:
@@ -72,7 +73,7 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
                              "those masks first")
         remove_masks(out, paths)
         sources = {}
-    sources.update({path.stem: str(path.resolve()) for path in paths})  # the image each mask comes from
+    sources.update({path.stem: os.path.abspath(path) for path in paths})  # the image each mask comes from
     save_json(record, {**settings, "sources": sources})  # before any mask: a later --skip-existing compares with it
     todo = [p for p in paths if not (skip_existing and (out / f"{p.stem}_pred.npy").exists())]
     written = []
@@ -89,6 +90,12 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
         hint = "; then add --skip-existing to the same command to keep the masks already written" if written else ""
         raise DataError(f"{one_line(exc)}{hint}") from None  # the worker's message, not its traceback
     return written
+
+
+def same_image(recorded: Path, path: Path) -> bool:
+    """Whether ``path`` is the image recorded earlier under its id: the same file, or a copy of it. One that is
+    gone (a moved folder) is not compared."""
+    return not recorded.is_file() or os.path.samefile(recorded, path) or filecmp.cmp(recorded, path, shallow=False)
 
 
 def remove_masks(out: Path, paths: list[Path]) -> None:

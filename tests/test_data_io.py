@@ -82,12 +82,19 @@ def test_read_image_16bit_scaled_by_type_range(tmp_path: Path, suffix: str) -> N
     np.testing.assert_array_equal(image[0, :, 0], np.rint(values[0] / 65535 * 255).astype(np.uint8))
 
 
-def test_a_12_bit_image_in_a_16_bit_file_warns_and_keeps_the_fixed_scale(tmp_path: Path) -> None:
+def test_a_12_bit_image_in_a_16_bit_file_warns_once_and_keeps_the_fixed_scale(tmp_path: Path, monkeypatch) -> None:
+    import warnings
+
+    monkeypatch.setattr("ssl_seg.data.io._warned_12_bit", False)
     values = np.array([[0, 1000, 2000, 4095]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "camera.tif")
+    Image.fromarray(values // 2).save(tmp_path / "camera2.tif")
     with pytest.warns(UserWarning, match=r"camera\.tif: 16-bit with values only up to 4095 .* multiplied by 16"):
         image = read_image(tmp_path / "camera.tif")
     np.testing.assert_array_equal(image[0, :, 0], np.rint(values[0] / 65535 * 255).astype(np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image(tmp_path / "camera2.tif")  # said once for all
 
 
 def test_read_image_16bit_rgb_tiff(tmp_path: Path) -> None:

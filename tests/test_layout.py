@@ -159,6 +159,13 @@ def test_an_image_id_ending_in_gt_finds_its_mask(tmp_path: Path, mask_name: str)
     assert labeled == [("core_gt", mask_name), ("plain", "plain_gt.npy")]
 
 
+def test_ids_with_and_without_gt_take_their_ss2_masks(ss2_root: Path) -> None:
+    _image(ss2_root / "train" / "labeled" / "aaa111_gt.JPG")  # beside aaa111.JPG
+    _mask(ss2_root / "train" / "labels" / "aaa111_gt_gt.npy")
+    labeled = [(s.id, s.mask.name) for s in discover(ss2_root).labeled]
+    assert labeled == [("aaa111", "aaa111_gt.npy"), ("aaa111_gt", "aaa111_gt_gt.npy"), ("bbb222", "bbb222_gt.npy")]
+
+
 def test_a_jpeg_mask_is_refused_not_skipped(generic_root: Path) -> None:
     _image(generic_root / "masks" / "c.jpg")  # c.tif has no other mask: it would silently count as unlabeled
     with pytest.raises(DataError, match=r"mask .*c\.jpg: JPEG compression .* fix: save the masks as \.npy or \.png"):

@@ -164,6 +164,8 @@ def test_another_image_under_a_finished_id_is_refused_not_skipped(setup, tmp_pat
     pseudo_label(teacher, images, tmp_path / "pl", **FAST)
     with pytest.raises(DataError, match=rf"pseudo-label of .*{first.name} under id '{first.stem}'.*another --out"):
         pseudo_label(teacher, other, tmp_path / "pl", **FAST)
+    shutil.copy(first, other / first.name)  # a copy of the same picture resumes
+    assert pseudo_label(teacher, other, tmp_path / "pl", **FAST)["skipped"] == 1
     moved = tmp_path / "moved"  # the folder moved without its images: nothing to compare, it resumes
     shutil.copytree(tmp_path / "pl", moved)
     (moved / "entries" / f"{first.stem}.json").write_text(json.dumps(

@@ -123,6 +123,8 @@ def test_other_settings_into_a_folder_with_masks_of_other_images_are_refused(dat
 
 
 def test_an_image_of_another_folder_under_the_same_id_is_refused(dataset, tmp_path):
+    import shutil
+
     from ssl_seg.data.io import DataError
 
     train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False)
@@ -138,6 +140,10 @@ def test_an_image_of_another_folder_under_the_same_id_is_refused(dataset, tmp_pa
         predict_folder(tmp_path / "run", tmp_path / "b", tmp_path / "pred", **{**run, "tta": 2})
     assert (tmp_path / "pred" / "IMG_0001_pred.npy").read_bytes() == older
     predict_folder(tmp_path / "run", tmp_path / "a", tmp_path / "pred", **run)  # its own image again: fine
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")  # a copy of it, or a link to it: the same picture
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    for same in ("copy", "link"):
+        predict_folder(tmp_path / "run", tmp_path / same, tmp_path / "pred", skip_existing=True, **run)
 
 
 def test_a_run_says_what_it_trains_on_and_when_resume_finds_no_run(dataset, tmp_path, capsys):
@@ -168,11 +174,13 @@ def test_an_unreadable_validation_image_stops_the_run_before_its_first_step(data
 def test_init_decides_the_model_and_the_checkpoint_says_which(dataset, tmp_path, capsys):
     train(load_config(None, {**TINY, "steps": 1, "model": "dinov2-tiny"}), dataset, tmp_path / "teacher",
           progress=False)
-    train(load_config(None, {**TINY, "steps": 1, "init": str(tmp_path / "teacher" / "latest.pth")}), dataset,
-          tmp_path / "student", progress=False)
-    assert "decides the model (dinov2-tiny), not --model segformer-tiny" in capsys.readouterr().err
+    student = load_config(None, {**TINY, "steps": 2, "init": str(tmp_path / "teacher" / "latest.pth")})
+    train(student, dataset, tmp_path / "student", progress=False, stop_after=1)
+    assert "decides the model (dinov2-tiny); the configured segformer-tiny is not used" in capsys.readouterr().err
     state = torch.load(tmp_path / "student" / "latest.pth", weights_only=True)
     assert state["config"]["model"] == "dinov2-tiny" and state["model_spec"]["family"] == "dinov2"
+    train(student, dataset, tmp_path / "student", progress=False, resume=True)  # --model segformer-tiny again
+    assert torch.load(tmp_path / "student" / "latest.pth", weights_only=True)["config"]["model"] == "dinov2-tiny"
 
 
 def test_resume_equals_uninterrupted(dataset, tmp_path):

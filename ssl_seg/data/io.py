@@ -73,14 +73,19 @@ def _to_uint8_by_range(array: np.ndarray) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
+_warned_12_bit = False
+
+
 def _rgb_from_array(array: np.ndarray, path: Path) -> np.ndarray:
     """HxW / HxWx1..4 array of any depth -> uint8 HxWx3."""
-    if array.dtype in (np.uint16, np.int32) and array.size and 0 < int(array.max()) <= 4095:
+    global _warned_12_bit
+    if not _warned_12_bit and array.dtype in (np.uint16, np.int32) and array.size and 0 < int(array.max()) <= 4095:
         # a 12-bit camera's values in a 16-bit file: one fixed scale keeps reflectance comparable between
         # images, so it is not stretched per image, but the user should know it comes out dark and coarse
+        _warned_12_bit = True  # once per process: a folder of them would repeat it for every image
         warnings.warn(f"image {path}: 16-bit with values only up to {int(array.max())} (a 12-bit camera?) is read "
-                      "on the 16-bit scale, dark and in 16 grey levels; fix: save such images multiplied by 16, "
-                      "or as 8-bit, all on one scale", stacklevel=2)
+                      "on the 16-bit scale, dark and in 16 grey levels (said once for all such images); fix: save "
+                      "such images multiplied by 16, or as 8-bit, all on one scale", stacklevel=2)
     array = _to_uint8_by_range(array)
     if array.ndim == 2:
         return np.repeat(array[:, :, None], 3, axis=2)

@@ -161,11 +161,14 @@ def _optional_images(folder: Path) -> list[Path]:
 
 def masks_by_id(folder: Path, image_ids: set[str] = frozenset()) -> dict[str, Path]:
     """Map image id -> mask file; ``<id>`` and ``<id>_gt`` both name image ``<id>``, and a mask whose
-    whole stem is one of ``image_ids`` names that image (an id may itself end in ``_gt``)."""
+    whole stem is one of ``image_ids`` names that image unless ``<stem>`` less ``_gt`` is one too
+    (an id may itself end in ``_gt``)."""
     masks: dict[str, Path] = {}
     for mask in _visible_files(folder, MASK_SUFFIXES):
         stem = mask.stem
-        mask_id = stem if stem in image_ids else stem.removesuffix(LABEL_SUFFIX)
+        stripped = stem.removesuffix(LABEL_SUFFIX)
+        # <id>_gt first (the SS2 way, also for ids 'core' and 'core_gt'), then an id that itself ends in _gt
+        mask_id = stripped if stripped in image_ids or stem not in image_ids else stem
         if mask_id in masks:
             raise DataError(
                 f"masks {mask} and {masks[mask_id]} both belong to image id {mask_id!r}; fix: keep only one of them"

@@ -28,7 +28,7 @@ from ssl_seg.data.io import (DataError, changed_settings, overlay, read_image, r
 from ssl_seg.data.layout import discover, validate
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.models.hub import ModelLoadError
-from ssl_seg.predict import decoded_images
+from ssl_seg.predict import decoded_images, same_image
 from ssl_seg.pseudo.refine import SUPERPIXEL_METHODS, class_balanced_confidence, superpixel_refine, threshold_labels
 from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
 from ssl_seg.train.trainer import resolve_device, setup_distributed
@@ -129,9 +129,9 @@ def check_same_images(done: list[Path], out: Path) -> None:
     compared (the folder may have moved without its images)."""
     for path in done:
         recorded = out / json.loads((out / "entries" / f"{path.stem}.json").read_text())["image"]
-        if recorded.is_file() and recorded.resolve() != path.resolve():
-            raise DataError(f"{out} holds the pseudo-label of {recorded.resolve()} under id {path.stem!r}, and "
-                            f"{path} has the same id; fix: label these images into another --out")
+        if not same_image(recorded, path):
+            raise DataError(f"{out} holds the pseudo-label of {os.path.normpath(recorded)} under id {path.stem!r}, "
+                            f"and {path} has the same id; fix: label these images into another --out")
 
 
 def write_outputs(out: Path, stem: str, pseudo: np.ndarray, confidence: np.ndarray, entry: dict) -> None:

@@ -169,6 +169,11 @@ def saved_config(state: dict) -> TrainConfig:
     return dataclasses.replace(TrainConfig(), **{key: value for key, value in saved.items() if key in known})
 
 
+def model_settings(state: dict, cfg: TrainConfig) -> dict:
+    """``model`` and ``pretrained`` of the run that wrote a checkpoint (``cfg``'s where it does not say)."""
+    return {key: state.get("config", {}).get(key, getattr(cfg, key)) for key in ("model", "pretrained")}
+
+
 def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samples: dict | None = None) -> None:
     """Refuse to resume ``latest`` under another command, with settings that change the run, or on other data."""
     if state.get("mode") != mode:
@@ -352,15 +357,16 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     if resume_state is not None:  # latest.pth holds the run: --init and --pretrained are not read again
         model = model_from_checkpoint(resume_state, latest)
         pretrained_backbone = resume_state.get("pretrained_backbone", False)
+        cfg = dataclasses.replace(cfg, **model_settings(resume_state, cfg))  # whatever --model says now
     elif cfg.init:  # the checkpoint decides the architecture; --model and --pretrained are not used
         init_state = load_checkpoint(cfg.init)
         model = model_from_checkpoint(init_state, cfg.init)
-        source = {key: init_state.get("config", {}).get(key, getattr(cfg, key)) for key in ("model", "pretrained")}
+        source = model_settings(init_state, cfg)
         if (cfg.model, cfg.pretrained) != (source["model"], source["pretrained"]) and rank == 0:
             print(f"ssl-seg {mode}: --init {cfg.init} decides the model ({source['model']}"
                   + (f" from {source['pretrained']}" if source["pretrained"] else "")
-                  + f"), not --model {cfg.model}" + (f" --pretrained {cfg.pretrained}" if cfg.pretrained else ""),
-                  file=sys.stderr)
+                  + f"); the configured {cfg.model}" + (f" from {cfg.pretrained}" if cfg.pretrained else "")
+                  + " is not used", file=sys.stderr)
         cfg = dataclasses.replace(cfg, **source)  # the checkpoints name the model they hold
         # a backbone that started from hub weights keeps its slower learning rate down the teacher-student chain
         pretrained_backbone = init_state.get("pretrained_backbone",
