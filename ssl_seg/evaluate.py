@@ -68,9 +68,11 @@ def find_labels(labels_dir: str | Path, image_ids: set[str] = frozenset()) -> di
         raise DataError(f"{labels_dir}: label folder not found; pass the folder holding <id>_gt.npy or <id>.png masks")
     # The data layer's matching, so evaluation pairs files exactly as training does.
     masks = masks_by_id(labels_dir, image_ids)
-    inside = [labels_dir / sub for sub in ("masks", "labels", "train/labels", "test_answers") if (labels_dir / sub).is_dir()]
+    inside = [labels_dir / sub for sub in ("masks", "labels", "train/labels", "test_answers")
+              if (labels_dir / sub).is_dir()]
     if not masks and inside:  # a dataset root, as --data takes
-        raise DataError(f"{labels_dir}: no masks in this folder itself; fix: pass the folder of masks, e.g. {inside[0]}")
+        raise DataError(f"{labels_dir}: no masks in this folder itself; fix: pass the folder of masks, "
+                        f"e.g. {inside[0]}")
     return {image_id: path for image_id, path in masks.items() if not path.name.endswith(PRED_SUFFIX)}
 
 

@@ -357,7 +357,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     if resume_state is not None:  # latest.pth holds the run: --init and --pretrained are not read again
         model = model_from_checkpoint(resume_state, latest)
         pretrained_backbone = resume_state.get("pretrained_backbone", False)
-        cfg = dataclasses.replace(cfg, **model_settings(resume_state, cfg))  # whatever --model says now
+        cfg = dataclasses.replace(cfg, **model_settings(resume_state, cfg))  # the run's, whatever --model says
     elif cfg.init:  # the checkpoint decides the architecture; --model and --pretrained are not used
         init_state = load_checkpoint(cfg.init)
         model = model_from_checkpoint(init_state, cfg.init)
