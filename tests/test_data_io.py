@@ -82,6 +82,14 @@ def test_read_image_16bit_scaled_by_type_range(tmp_path: Path, suffix: str) -> N
     np.testing.assert_array_equal(image[0, :, 0], np.rint(values[0] / 65535 * 255).astype(np.uint8))
 
 
+@pytest.mark.parametrize("top", [1.0, 255.0, 65535.0])
+def test_read_image_float_on_the_smallest_range_that_holds_it(tmp_path: Path, top: float) -> None:
+    # float TIFFs come as 0..1, as 0..255 (ImageJ's 32-bit export of an 8-bit image) or in a 16-bit range
+    levels = np.array([[0, 51, 128, 255]], dtype=np.uint8)
+    Image.fromarray((levels / 255.0 * top).astype(np.float32), mode="F").save(tmp_path / "float.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "float.tif")[0, :, 0], levels[0])
+
+
 def test_a_12_bit_image_in_a_16_bit_file_warns_once_and_keeps_the_fixed_scale(tmp_path: Path, monkeypatch) -> None:
     import warnings
 

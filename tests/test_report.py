@@ -464,6 +464,22 @@ def test_tensorboard_scalars_and_figure(built):
     assert "report/ternary" in tags["images"]
 
 
+def test_sample_names_that_share_a_tensorboard_tag_stay_apart(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    masks = fixture_masks()
+    write_predictions(tmp_path / "p", {"x": masks["S1_a"], "y": masks["S2_d"]})
+    (tmp_path / "s.csv").write_text("image,sample\nx,core a\ny,core/a\n")  # both would be "core_a"
+    result = build_report(tmp_path / "p", tmp_path / "out", samples_csv=tmp_path / "s.csv", run_dir=tmp_path / "run",
+                          bootstrap=10, thumbnails=0)
+    accumulator = EventAccumulator(str(tmp_path / "run"))
+    accumulator.Reload()
+    rows = {row["sample"]: row for row in result["samples"]}
+    for sample, tag in (("core a", "core_a"), ("core/a", "core_a_2")):
+        (event,) = accumulator.Scalars(f"report/{tag}/liptinite_organic_fraction")
+        assert event.value == pytest.approx(rows[sample]["liptinite_organic_fraction"], abs=1e-6)
+
+
 def test_a_training_run_folder_gets_the_summary_in_its_tb(built, tmp_path):
     root, _, _ = built
     (tmp_path / "run" / "tb").mkdir(parents=True)  # as finetune leaves it

@@ -1,8 +1,10 @@
 """End-to-end training on CPU: fine-tune, exact resume, TensorBoard tags, semi-supervised pretrain."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,6 +323,22 @@ def test_cli_error_from_a_dataloader_worker_is_one_line(dataset, tmp_path, capsy
     assert all(": error:" not in line for line in before), err
 
 
+def test_a_run_stopped_by_a_worker_error_exits(dataset, tmp_path):
+    # workers that ignore SIGTERM while the run lasts must still end when multiprocessing terminates
+    # them at interpreter exit, or the process would wait for them forever after printing its error
+    import shutil
+
+    shutil.copytree(dataset, tmp_path / "data")
+    broken = sorted((tmp_path / "data" / "train" / "unlabeled").iterdir())[0]
+    broken.write_bytes(b"not a jpeg")
+    command = [sys.executable, "-m", "ssl_seg", "pretrain", "--data", str(tmp_path / "data"), "--out",
+               str(tmp_path / "run"), "--steps", "4", "--batch-size", "8", "--tile-size", "64", "--num-workers", "2",
+               "--no-progress", "--set", "val_fraction=0", "labeled_ratio=0.5"]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert process.returncode == 2 and broken.name in process.stderr.splitlines()[-1], process.stderr[-3000:]
+
+
 @pytest.mark.parametrize("flags", [["--set", "val_tta=3"], ["--set", "val_every=0"], ["--batch-size", "0"],
                                    ["--steps", "-3"], ["--device", "tpu"], ["--stop-after", "0"]])
 def test_cli_refuses_bad_settings_before_writing_anything(dataset, tmp_path, capsys, flags):
@@ -388,9 +406,25 @@ def test_ctrl_c_stays_ignored_where_it_was():
         signal.signal(signal.SIGINT, previous)
 
 
-def test_sigterm_to_the_process_group_saves_the_step(dataset, tmp_path, mark_third_step):
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it exited meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.parametrize("target", ["group", "each process"])  # kill, torchrun; Slurm signals every process
+def test_sigterm_to_the_process_group_saves_the_step(dataset, tmp_path, mark_third_step, target):
     # a scheduler's preemption signals the process and its DataLoader workers alike
     import os
+    if target == "each process" and not Path("/proc/self/stat").exists():
+        pytest.skip("lists a process's children through Linux /proc")
     import signal
     import time
 
@@ -406,7 +440,13 @@ def test_sigterm_to_the_process_group_saves_the_step(dataset, tmp_path, mark_thi
         while not any(marks.iterdir()):
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
             time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGTERM)
+        if target == "group":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            workers = child_pids(process.pid)  # the two DataLoader workers (and any helper process)
+            assert len(workers) >= 2, workers
+            for pid in workers + [process.pid]:
+                os.kill(pid, signal.SIGTERM)
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:

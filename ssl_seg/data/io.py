@@ -62,8 +62,9 @@ def _to_uint8_by_range(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
         finite_max = float(np.nanmax(array)) if array.size else 0.0
-        # A float image is either 0..1 (the usual float convention) or a 16-bit range.
-        top = 1.0 if finite_max <= 1.0 else 65535.0
+        # A float image has no type range: 0..1 (the usual float convention), 0..255 (an 8-bit image
+        # saved as float, as ImageJ's 32-bit export does) or a 16-bit range.
+        top = 1.0 if finite_max <= 1.0 else 255.0 if finite_max <= 255.0 else 65535.0
         scaled = np.nan_to_num(array.astype(np.float64)) / top * 255.0
         return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     info = np.iinfo(array.dtype)
@@ -128,9 +129,10 @@ def _pillow_misreads_tiff(image: Image.Image) -> bool:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as uint8 HxWx3 RGB, EXIF orientation applied.
 
-    Grey, palette, grey+alpha and RGBA are converted to RGB (alpha dropped); 16-bit and float
-    images are scaled to 8 bit by their data type's range (65535 for 16 bit), never by the
-    image's own maximum, so brightness stays comparable between images.
+    Grey, palette, grey+alpha and RGBA are converted to RGB (alpha dropped); 16-bit images are
+    scaled to 8 bit by their data type's range (65535), never by the image's own maximum, so
+    brightness stays comparable between images. Float images are read as 0..1, 0..255 or
+    0..65535, the smallest range that holds their values.
 
     >>> read_image("train/labeled/vyqade.JPG").shape   # doctest: +SKIP
     (1024, 1360, 3)

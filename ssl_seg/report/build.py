@@ -108,8 +108,16 @@ def make_thumbnail(image_path: Path, measurement: ImageMeasurement, sample: str)
     return Thumbnail(buffer.getvalue(), "image/jpeg", f"{measurement.image_id} ({sample}): {shares}")
 
 
-def _tag(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name) or "_"
+def _tags(names: Sequence[str]) -> list[str]:
+    """TensorBoard-safe tags of sample names, one each: ``a b`` and ``a/b`` become ``a_b`` and ``a_b_2``."""
+    tags: list[str] = []
+    for name in names:
+        tag = base = re.sub(r"[^A-Za-z0-9_.\-]+", "_", name) or "_"
+        number = 2
+        while tag in tags:
+            tag, number = f"{base}_{number}", number + 1
+        tags.append(tag)
+    return tags
 
 
 def tensorboard_dir(run_dir: str | Path) -> Path:
@@ -128,9 +136,9 @@ def write_tensorboard(run_dir: str | Path, samples: Sequence[SampleSummary], ter
     try:
         lines = ["| sample | images | " + " | ".join(f"{m} % of organic" for m in MACERALS) + " |"]
         lines.append("|---" * (2 + len(MACERALS)) + "|")
-        for summary in samples:
+        for summary, tag in zip(samples, _tags([summary.name for summary in samples])):
             row = summary.row
-            prefix = f"report/{_tag(summary.name)}"
+            prefix = f"report/{tag}"
             writer.add_scalar(f"{prefix}/organic_field_fraction", _finite(row["organic_field_fraction"]), 0)
             for maceral in MACERALS:
                 for suffix in (

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import functools
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -105,12 +107,29 @@ def stop_on_interrupt(distributed: bool = False):
             signal.signal(sig, previous[sig])
 
 
-def ignore_interrupt(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops them after saving: in a
-    process group of their own, signals sent to the run's group (by a terminal, a scheduler or torchrun)
-    miss them. A worker killed by one would make the main process fail mid-save. The main process can
-    still terminate them, and they exit when it dies."""
+@contextlib.contextmanager
+def workers_released_on_exit():
+    """An event that DataLoader workers read (see ``worker_signals``), set once the run no longer needs them."""
+    released = multiprocessing.Event()
+    try:
+        yield released
+    finally:
+        released.set()
+
+
+def worker_signals(released, worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops them after saving: a
+    worker killed by one would make the main process fail mid-step. In a process group of their own,
+    signals sent to the run's group (by a terminal or torchrun) miss them, and while the run lasts they
+    ignore SIGTERM sent to each process (as Slurm does). Once ``released`` is set, SIGTERM ends them as
+    usual: multiprocessing terminates leftover workers at interpreter exit and waits for them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def on_sigterm(signum, frame):
+        if released.is_set():
+            os._exit(0)  # not killed by the signal: torch's SIGCHLD handler would report that as an error
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)
 
@@ -339,14 +358,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         mask = sample.read_mask()
         counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
 
-    def loader(samples, per_step, start_step, pseudo):
+    def loader(samples, per_step, start_step, pseudo, released):
         # Decoded images stay in memory for small sets only (8,641 SS2 images would not fit).
         dataset = CropDataset(samples, cfg.tile_size, seed=cfg.seed + (7919 if pseudo else 0), pseudo=pseudo,
                               cache=len(samples) <= 512)
         sampler = DrawSampler(start_step * per_step * world, (cfg.steps - start_step) * per_step * world, rank, world)
         return iter(DataLoader(dataset, batch_size=per_step, sampler=sampler, num_workers=cfg.num_workers,
                                pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True,
-                               worker_init_fn=ignore_interrupt))
+                               worker_init_fn=functools.partial(worker_signals, released)))
 
     # --- model, EMA, optimiser, schedule ------------------------------------------------------
     samples = samples_identity(labeled, val_samples, unlabeled, cfg.pseudo_labels if mode == "pretrain" else None)
@@ -412,8 +431,6 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
 
     # decoded now: an unreadable validation image stops the run before its first step, not at its first validation
     images_cache = {s.id: (read_image(s.image), s.read_mask()) for s in val_samples} if rank == 0 else {}
-    labeled_iter = loader(labeled, n_labeled, start_step, False) if n_labeled else None
-    unlabeled_iter = loader(unlabeled, n_unlabeled, start_step, True) if n_unlabeled else None
     summary: dict = {}
     timers = {"data": 0.0, "augment": 0.0, "teacher": 0.0, "compute": 0.0}
     window_start, window_images, window_steps = time.perf_counter(), 0, 0
@@ -427,7 +444,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     # Ctrl-C or SIGTERM finishes the step and saves it; under torchrun every rank stops after the same step.
     model.train()
     done, signalled = start_step, False
-    with stop_on_interrupt(distributed=world > 1) as interrupted:
+    with stop_on_interrupt(distributed=world > 1) as interrupted, workers_released_on_exit() as released:
+        labeled_iter = loader(labeled, n_labeled, start_step, False, released) if n_labeled else None
+        unlabeled_iter = loader(unlabeled, n_unlabeled, start_step, True, released) if n_unlabeled else None
         for step in bar:
             # Every random draw of a step (augmentation, CutMix, dropout) comes from this seed: exact resume.
             torch.manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
