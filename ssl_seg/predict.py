@@ -17,6 +17,7 @@ from ssl_seg.data.io import (DataError, changed_settings, one_line, overlay, rea
                              save_npy)
 from ssl_seg.data.layout import list_images
 from ssl_seg.inference import predict_proba, to_tensor
+from ssl_seg.tb import legend_strip
 from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
 from ssl_seg.train.trainer import resolve_device
 
@@ -84,7 +85,8 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
             target = out / f"{path.stem}_pred.npy"
             save_npy(target, pred)
             if overlays:
-                save_jpg(out / "overlays" / f"{path.stem}.jpg", overlay(image, pred))
+                legend = legend_strip(image.shape[1], ignored=False)
+                save_jpg(out / "overlays" / f"{path.stem}.jpg", np.concatenate([overlay(image, pred), legend]))
             written.append(target)
     except DataError as exc:  # an unreadable image: the masks written so far are kept
         hint = "; then add --skip-existing to the same command to keep the masks already written" if written else ""

@@ -9,8 +9,8 @@ from ssl_seg import CLASS_NAMES, PALETTE
 from ssl_seg.data.io import overlay
 
 
-def legend_strip(width: int, height: int = 18) -> np.ndarray:
-    """A white strip naming each class next to its overlay colour."""
+def legend_strip(width: int, height: int = 18, ignored: bool = True) -> np.ndarray:
+    """A white strip naming each class next to its overlay colour (and the grey of ignored pixels)."""
     strip = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(strip)
     x = 4
@@ -18,7 +18,8 @@ def legend_strip(width: int, height: int = 18) -> np.ndarray:
         draw.rectangle([x, 4, x + 10, 14], fill=tuple(colour))
         draw.text((x + 14, 3), name, fill="black")
         x += 14 + int(draw.textlength(name)) + 12
-    draw.text((x, 3), "grey: ignored", fill="grey")
+    if ignored:
+        draw.text((x, 3), "grey: ignored", fill="grey")
     return np.asarray(strip)
 
 

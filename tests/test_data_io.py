@@ -90,6 +90,13 @@ def test_read_image_float_on_the_smallest_range_that_holds_it(tmp_path: Path, to
     np.testing.assert_array_equal(read_image(tmp_path / "float.tif")[0, :, 0], levels[0])
 
 
+def test_read_image_float_rounding_and_non_finite_values_keep_the_range(tmp_path: Path) -> None:
+    # 1.0000001 is float rounding of a 0..1 image, not a 16-bit one; inf and NaN do not pick the range
+    values = np.array([[0.0, 0.2, 0.5, 1.0000001, np.inf, np.nan]], dtype=np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "float.tif")[0, :, 0], [0, 51, 128, 255, 255, 0])
+
+
 def test_a_12_bit_image_in_a_16_bit_file_warns_once_and_keeps_the_fixed_scale(tmp_path: Path, monkeypatch) -> None:
     import warnings
 

@@ -323,3 +323,13 @@ def test_few_confident_pixels_warn_and_none_is_refused_by_pretrain(setup, tmp_pa
                              "pseudo_labels": str(tmp_path / "none")})
     with pytest.raises(TrainError, match=r"no pixel kept a label \(confidence threshold 1.0\)"):
         train(cfg, images.parent.parent, tmp_path / "student", mode="pretrain", progress=False)
+
+
+def test_a_dataset_without_unlabeled_images_says_where_they_go(tmp_path):
+    from ssl_seg.pseudo.run import unlabeled_images
+
+    write_dataset(tmp_path / "ss2", labeled=2, unlabeled=0, test=0, size=(64, 64), seed=0, progress=False)
+    with pytest.raises(DataError, match=r"no unlabeled images found \(layout ss2 at .*: 2 labeled, 0 unlabeled, "
+                                        r"0 test\); point --images at a folder of images, or add them to its "
+                                        r"train/unlabeled/$"):
+        unlabeled_images(tmp_path / "ss2")

@@ -56,6 +56,10 @@ def test_finetune_predict_evaluate(dataset, tmp_path):
     image = read_image(next(p for p in (dataset / "test").iterdir() if p.stem == written[0].name[:-len("_pred.npy")]))
     np.testing.assert_array_equal(pred, predict_image(model, image, torch.device("cpu"), tile_size=64, tta=8)[0])
     assert len(list((tmp_path / "pred" / "overlays").glob("*.jpg"))) == 2
+    from PIL import Image
+
+    with Image.open(tmp_path / "pred" / "overlays" / f"{written[0].name[:-len('_pred.npy')]}.jpg") as shown:
+        assert shown.size == (96, 72 + 18)  # the image, and the legend under it
     result = evaluate_dirs(tmp_path / "pred", dataset / "test_answers")
     assert result["num_images"] == 2
 
@@ -154,7 +158,11 @@ def test_a_run_says_what_it_trains_on_and_when_resume_finds_no_run(dataset, tmp_
     assert f"no run in {tmp_path / 'run'} to resume (no latest.pth); starting a new one" in err
     assert "layout ss2 at" in err and "5 labeled, 4 unlabeled, 2 test; training on 4 labeled, validating on 1" in err
     train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "run", progress=False, resume=True)
-    assert "no run in" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no run in" not in err and f"resuming {tmp_path / 'run' / 'latest.pth'} at step 1 of 1" in err
+    assert "best.pth holds the last step" not in err
+    train(load_config(None, {**TINY, "steps": 1, "val_fraction": 0}), dataset, tmp_path / "all", progress=False)
+    assert "validating on 0 (so best.pth holds the last step, not the best one)" in capsys.readouterr().err
 
 
 def test_an_unreadable_validation_image_stops_the_run_before_its_first_step(dataset, tmp_path):
@@ -182,6 +190,8 @@ def test_init_decides_the_model_and_the_checkpoint_says_which(dataset, tmp_path,
     state = torch.load(tmp_path / "student" / "latest.pth", weights_only=True)
     assert state["config"]["model"] == "dinov2-tiny" and state["model_spec"]["family"] == "dinov2"
     train(student, dataset, tmp_path / "student", progress=False, resume=True)  # --model segformer-tiny again
+    assert (f"the resumed run {tmp_path / 'student' / 'latest.pth'} decides the model (dinov2-tiny); the configured "
+            "segformer-tiny is not used") in capsys.readouterr().err
     assert torch.load(tmp_path / "student" / "latest.pth", weights_only=True)["config"]["model"] == "dinov2-tiny"
 
 
@@ -251,6 +261,7 @@ def test_tensorboard_tags(dataset, tmp_path):
                 "eval/micro_jaccard_macerals", "eval/micro_jaccard_all", "eval/iou/inertinite",
                 "eval/iou/vitrinite", "eval/iou/liptinite", "eval/dice/liptinite"}
     assert expected <= scalars, expected - scalars
+    assert "time/teacher_s_per_step" not in scalars  # fine-tuning has no EMA teacher to time
     assert {"eval/panel_0", "eval/confusion_matrix"} <= images
 
 
@@ -592,6 +603,41 @@ def test_broken_pseudo_label_folders_are_one_line_errors(dataset, tmp_path):
         train(load_config(None, {**TINY, "pseudo_labels": str(images)}), dataset, tmp_path / "s2", mode="pretrain",
               progress=False)
 
+
+
+def test_a_pseudo_label_subfolder_or_an_unfinished_folder_says_what_to_pass(dataset, tmp_path):
+    train(load_config(None, {**TINY, "steps": 1}), dataset, tmp_path / "teacher", progress=False)
+    pseudo_label(tmp_path / "teacher" / "best.pth", dataset / "train" / "unlabeled", tmp_path / "pl",
+                 threshold=0.0, tile_size=64, progress=False)
+    with pytest.raises(TrainError, match=rf"{tmp_path / 'pl' / 'masks'} lies inside the pseudo-label folder "
+                                         rf"{tmp_path / 'pl'}; pass --pseudo-labels {tmp_path / 'pl'}$"):
+        train(load_config(None, {**TINY, "pseudo_labels": str(tmp_path / "pl" / "masks")}), dataset, tmp_path / "s1",
+              mode="pretrain", progress=False)
+    (tmp_path / "pl" / "manifest.json").unlink()  # as a run stopped after its images, before the merge
+    (tmp_path / "pl" / "entries" / sorted((tmp_path / "pl" / "entries").iterdir())[0].name).unlink()
+    with pytest.raises(TrainError, match=r"has not finished \(3 image\(s\) done, no manifest.json yet\); rerun the "
+                                         r"same `ssl-seg pseudo-label` command"):
+        train(load_config(None, {**TINY, "pseudo_labels": str(tmp_path / "pl")}), dataset, tmp_path / "s2",
+              mode="pretrain", progress=False)
+
+
+@pytest.mark.parametrize("case", ["typo", "images folder", "empty masks"])
+def test_no_labeled_images_says_why(dataset, tmp_path, case):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    for path in sorted((dataset / "train" / "labeled").iterdir())[:2]:
+        (root / "images" / path.name).write_bytes(path.read_bytes())
+    (root / ("mask" if case == "typo" else "masks")).mkdir()
+    given, message = {
+        "typo": (root, rf"{root} has images/ but no masks/ \(or labels/\) folder \(folders there: mask\); fix: "
+                       rf"rename {root / 'mask'} to {root / 'masks'}$"),
+        "images folder": (root / "images", rf"{root / 'images'} is a folder of images without masks; fix: pass the "
+                                           rf"folder that holds it, --data {root}$"),
+        "empty masks": (root, rf"no mask in {root} matches an image of {root / 'images'} by name; fix: give each "
+                              "mask its image's file name"),
+    }[case]
+    with pytest.raises(TrainError, match=rf"{given} has no labeled images to train on: {message}"):
+        train(load_config(None, TINY), given, tmp_path / "run", progress=False)
 
 def test_mean_teacher_predicts_in_eval_mode(dataset, tmp_path):
     from ssl_seg.models.segformer import SegformerSegmenter

@@ -61,11 +61,13 @@ def _to_uint8_by_range(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
-        finite_max = float(np.nanmax(array)) if array.size else 0.0
-        # A float image has no type range: 0..1 (the usual float convention), 0..255 (an 8-bit image
-        # saved as float, as ImageJ's 32-bit export does) or a 16-bit range.
-        top = 1.0 if finite_max <= 1.0 else 255.0 if finite_max <= 255.0 else 65535.0
-        scaled = np.nan_to_num(array.astype(np.float64)) / top * 255.0
+        finite = array[np.isfinite(array)]
+        finite_max = float(finite.max()) if finite.size else 0.0
+        # A float image has no type range, so each image's is chosen: 0..1 (the usual float convention),
+        # 0..255 (an 8-bit image saved as float, as ImageJ's 32-bit export does) or a 16-bit range; a
+        # little above a range's top (float rounding) still counts as in it.
+        top = next(top for top in (1.0, 255.0, 65535.0) if finite_max <= top * 1.001 or top == 65535.0)
+        scaled = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=top, neginf=0.0) / top * 255.0
         return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     info = np.iinfo(array.dtype)
     # 32-bit PIL "I" images almost always hold 16-bit data (old Pillow opened 16-bit PNGs as "I").
@@ -131,8 +133,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
     Grey, palette, grey+alpha and RGBA are converted to RGB (alpha dropped); 16-bit images are
     scaled to 8 bit by their data type's range (65535), never by the image's own maximum, so
-    brightness stays comparable between images. Float images are read as 0..1, 0..255 or
-    0..65535, the smallest range that holds their values.
+    brightness stays comparable between images. Float images have no type range: each is read as
+    0..1, 0..255 or 0..65535, the smallest range that holds its values.
 
     >>> read_image("train/labeled/vyqade.JPG").shape   # doctest: +SKIP
     (1024, 1360, 3)

@@ -18,6 +18,7 @@ a ``binary_classes.csv`` (lines ``id,class``) in the labels/masks folder, which 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,26 @@ def discover(root: str | Path, binary_class: int | None = None) -> DatasetIndex:
     if not (index.labeled or index.unlabeled or index.test):
         raise DataError(f"dataset root {root}: {index.layout} layout but no images in it; fix: {_LAYOUTS_HELP}")
     return index
+
+
+def why_no_labeled(index: DatasetIndex) -> str:
+    """Why ``index`` holds no labeled image, and the fix: one line for a training run's error."""
+    root = index.root
+    if index.layout == "images":
+        parent = root.parent
+        if any((parent / name).is_dir() for name in MASK_FOLDER_NAMES):
+            return f"{root} is a folder of images without masks; fix: pass the folder that holds it, --data {parent}"
+        return f"{root} is a folder of images without masks; fix: {_LAYOUTS_HELP}"
+    if index.layout == "generic":
+        if not any((root / name).is_dir() for name in MASK_FOLDER_NAMES):
+            others = sorted(path.name for path in root.iterdir() if path.is_dir() and path.name != "images")
+            near = difflib.get_close_matches("masks", others, n=1, cutoff=0.6)
+            hint = f"rename {root / near[0]} to {root / 'masks'}" if near else f"put the masks in {root / 'masks'}"
+            return (f"{root} has images/ but no masks/ (or labels/) folder"
+                    f"{' (folders there: ' + ', '.join(others) + ')' if others else ''}; fix: {hint}")
+        return (f"no mask in {root} matches an image of {root / 'images'} by name; fix: give each mask its image's "
+                "file name (<stem>.png, <stem>.npy or <stem>_gt.*)")
+    return f"{root / 'train' / 'labeled'} holds no images; fix: add images there with their masks in train/labels/"
 
 
 def validate(index: DatasetIndex) -> None:

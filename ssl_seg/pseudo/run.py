@@ -47,7 +47,9 @@ def unlabeled_images(images: str | Path) -> list[Path]:
     index = discover(images)
     found = index.unlabeled if index.layout != "images" else index.unlabeled + index.test
     if not found:
-        raise DataError(f"{images}: no unlabeled images found; point --images at train/unlabeled or a folder of images")
+        where = {"ss2": "its train/unlabeled/", "generic": "its unlabeled/ (or images without masks)"}.get(index.layout)
+        raise DataError(f"{images}: no unlabeled images found ({index.summary()}); point --images at a folder of "
+                        f"images{', or add them to ' + where if where else ''}")
     return sorted(found, key=lambda p: p.name)
 
 

@@ -41,7 +41,7 @@ from ssl_seg.augment import TrainAugment, cutmix
 from ssl_seg.config import TrainConfig, check_config
 from ssl_seg.data.dataset import CropDataset, DrawSampler
 from ssl_seg.data.io import IMAGE_SUFFIXES, read_image
-from ssl_seg.data.layout import Sample, discover, validate
+from ssl_seg.data.layout import Sample, discover, validate, why_no_labeled
 from ssl_seg.inference import autocast_for, predict_proba, to_tensor
 from ssl_seg.metrics import confusion_matrix, summarize
 from ssl_seg.models import build_model, model_spec
@@ -109,24 +109,24 @@ def stop_on_interrupt(distributed: bool = False):
 
 @contextlib.contextmanager
 def workers_released_on_exit():
-    """An event that DataLoader workers read (see ``worker_signals``), set once the run no longer needs them."""
-    released = multiprocessing.Event()
+    """A shared flag that DataLoader workers read (see ``worker_signals``), set once the run no longer needs them."""
+    released = multiprocessing.RawValue("b", 0)  # lock-free: a signal handler reads it
     try:
         yield released
     finally:
-        released.set()
+        released.value = 1
 
 
 def worker_signals(released, worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops them after saving: a
     worker killed by one would make the main process fail mid-step. In a process group of their own,
     signals sent to the run's group (by a terminal or torchrun) miss them, and while the run lasts they
-    ignore SIGTERM sent to each process (as Slurm does). Once ``released`` is set, SIGTERM ends them as
-    usual: multiprocessing terminates leftover workers at interpreter exit and waits for them."""
+    ignore SIGTERM sent to each process (as Slurm does). Once ``released`` is set, a SIGTERM ends them at
+    once (exit status 0): multiprocessing terminates leftover workers at interpreter exit and waits for them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def on_sigterm(signum, frame):
-        if released.is_set():
+        if released.value:
             os._exit(0)  # not killed by the signal: torch's SIGCHLD handler would report that as an error
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -238,6 +238,13 @@ def batch_split(batch_size: int, labeled_ratio: float) -> tuple[int, int]:
 def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
     """Unlabeled images paired with their pseudo masks, from the folder ``pseudo-label`` wrote."""
     manifest = pseudo_dir / "manifest.json"
+    if not manifest.is_file() and (pseudo_dir.parent / "manifest.json").is_file():  # its masks/ or confidence/
+        raise TrainError(f"{pseudo_dir} lies inside the pseudo-label folder {pseudo_dir.parent}; pass "
+                         f"--pseudo-labels {pseudo_dir.parent}")
+    if not manifest.is_file() and (pseudo_dir / "settings.json").is_file():
+        done = len(list((pseudo_dir / "entries").glob("[!.]*.json")))
+        raise TrainError(f"pseudo-labelling into {pseudo_dir} has not finished ({done} image(s) done, no manifest.json "
+                         "yet); rerun the same `ssl-seg pseudo-label` command to finish it (finished images are kept)")
     if not manifest.is_file() and pseudo_dir.is_dir() and any(
             path.suffix.lower() in IMAGE_SUFFIXES for path in pseudo_dir.iterdir()):
         raise TrainError(f"{pseudo_dir} is a folder of images, not of pseudo-labels; pass --pseudo-labels the --out "
@@ -336,7 +343,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         raise TrainError(f"val_fraction {cfg.val_fraction} leaves none of the {len(index.labeled)} labeled images of "
                          f"{data} to train on; lower it with --set val_fraction=0.1 (or 0: no validation)")
     if not labeled:
-        raise TrainError(f"{data} has no labeled images to train on; see the README's Data section for the layouts")
+        raise TrainError(f"{data} has no labeled images to train on: {why_no_labeled(index)}")
     unlabeled = []
     if mode == "pretrain" and cfg.pseudo_labels:
         unlabeled = pseudo_samples(Path(cfg.pseudo_labels))
@@ -349,7 +356,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         pseudo = f", {len(unlabeled)} unlabeled" + (" with pseudo-labels" if cfg.pseudo_labels else "")
         print(f"ssl-seg {mode}: {index.summary()}; training on {len(labeled)} labeled"
               f"{pseudo if mode == 'pretrain' else ''}, validating on {len(val_samples)}"
-              + (f" from {cfg.val_dir}" if cfg.val_dir else ""), file=sys.stderr)
+              + (f" from {cfg.val_dir}" if cfg.val_dir else "")
+              + ("" if val_samples else " (so best.pth holds the last step, not the best one)"), file=sys.stderr)
     n_labeled, n_unlabeled = ((cfg.batch_size, 0) if mode == "finetune"
                               else batch_split(cfg.batch_size, cfg.labeled_ratio))
 
@@ -373,20 +381,25 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     if resume_state is not None:
         check_resumable(resume_state, cfg, mode, latest, samples)
     torch.manual_seed(cfg.seed)
-    if resume_state is not None:  # latest.pth holds the run: --init and --pretrained are not read again
-        model = model_from_checkpoint(resume_state, latest)
-        pretrained_backbone = resume_state.get("pretrained_backbone", False)
-        cfg = dataclasses.replace(cfg, **model_settings(resume_state, cfg))  # the run's, whatever --model says
-    elif cfg.init:  # the checkpoint decides the architecture; --model and --pretrained are not used
-        init_state = load_checkpoint(cfg.init)
-        model = model_from_checkpoint(init_state, cfg.init)
-        source = model_settings(init_state, cfg)
+    def take_model_of(state: dict, source_name: str) -> None:
+        """The checkpoint decides the architecture; a configured other one is named as not used."""
+        nonlocal cfg
+        source = model_settings(state, cfg)
         if (cfg.model, cfg.pretrained) != (source["model"], source["pretrained"]) and rank == 0:
-            print(f"ssl-seg {mode}: --init {cfg.init} decides the model ({source['model']}"
+            print(f"ssl-seg {mode}: {source_name} decides the model ({source['model']}"
                   + (f" from {source['pretrained']}" if source["pretrained"] else "")
                   + f"); the configured {cfg.model}" + (f" from {cfg.pretrained}" if cfg.pretrained else "")
                   + " is not used", file=sys.stderr)
         cfg = dataclasses.replace(cfg, **source)  # the checkpoints name the model they hold
+
+    if resume_state is not None:  # latest.pth holds the run: --init and --pretrained are not read again
+        model = model_from_checkpoint(resume_state, latest)
+        pretrained_backbone = resume_state.get("pretrained_backbone", False)
+        take_model_of(resume_state, f"the resumed run {latest}")
+    elif cfg.init:  # --model and --pretrained are not used
+        init_state = load_checkpoint(cfg.init)
+        model = model_from_checkpoint(init_state, cfg.init)
+        take_model_of(init_state, f"--init {cfg.init}")
         # a backbone that started from hub weights keeps its slower learning rate down the teacher-student chain
         pretrained_backbone = init_state.get("pretrained_backbone",
                                              bool(init_state.get("config", {}).get("pretrained")))
@@ -412,6 +425,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step, best_score, best_step = state["step"], state["best_score"], state["best_step"]
+        if rank == 0:
+            print(f"ssl-seg {mode}: resuming {latest} at step {start_step} of {cfg.steps}", file=sys.stderr)
     net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
            if world > 1 else model)
     forward = torch.compile(net) if cfg.compile else net
@@ -432,7 +447,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     # decoded now: an unreadable validation image stops the run before its first step, not at its first validation
     images_cache = {s.id: (read_image(s.image), s.read_mask()) for s in val_samples} if rank == 0 else {}
     summary: dict = {}
-    timers = {"data": 0.0, "augment": 0.0, "teacher": 0.0, "compute": 0.0}
+    timers = dict.fromkeys(["data", "augment", *(["teacher"] if n_unlabeled else []), "compute"], 0.0)
     window_start, window_images, window_steps = time.perf_counter(), 0, 0
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=mode,
                disable=not progress or rank != 0, dynamic_ncols=True)
