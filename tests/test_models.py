@@ -81,6 +81,23 @@ def test_hub_id_offline_says_how_to_get_it():
         build_model("segformer", pretrained="nvidia/mit-b0-not-cached", local_files_only=True)
 
 
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_hub_load_names_the_offline_switches_unless_set(monkeypatch, offline):
+    from huggingface_hub import constants
+
+    from ssl_seg.models.hub import load_pretrained
+
+    class Unreachable:
+        @classmethod
+        def from_pretrained(cls, name, **kwargs):
+            raise OSError("We couldn't connect to the hub")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    with pytest.raises(ModelLoadError, match="download it once") as info:
+        load_pretrained(Unreachable, "facebook/dinov2-small")
+    assert ("--local-files-only or HF_HUB_OFFLINE=1 skip the hub's retries" in str(info.value)) is not offline
+
 def _tiny_registers_dinov2():
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 

@@ -162,7 +162,7 @@ def test_a_run_says_what_it_trains_on_and_when_resume_finds_no_run(dataset, tmp_
     assert "no run in" not in err and f"resuming {tmp_path / 'run' / 'latest.pth'} at step 1 of 1" in err
     assert "best.pth holds the last step" not in err
     train(load_config(None, {**TINY, "steps": 1, "val_fraction": 0}), dataset, tmp_path / "all", progress=False)
-    assert "validating on 0 (so best.pth holds the last step, not the best one)" in capsys.readouterr().err
+    assert "validating on 0 (so best.pth holds the last saved step, not the best one)" in capsys.readouterr().err
 
 
 def test_an_unreadable_validation_image_stops_the_run_before_its_first_step(dataset, tmp_path):
@@ -610,7 +610,8 @@ def test_a_pseudo_label_subfolder_or_an_unfinished_folder_says_what_to_pass(data
     pseudo_label(tmp_path / "teacher" / "best.pth", dataset / "train" / "unlabeled", tmp_path / "pl",
                  threshold=0.0, tile_size=64, progress=False)
     with pytest.raises(TrainError, match=rf"{tmp_path / 'pl' / 'masks'} lies inside the pseudo-label folder "
-                                         rf"{tmp_path / 'pl'}; pass --pseudo-labels {tmp_path / 'pl'}$"):
+                                         rf"{tmp_path / 'pl'} \(its masks/ or confidence/\); pass --pseudo-labels "
+                                         rf"{tmp_path / 'pl'}$"):
         train(load_config(None, {**TINY, "pseudo_labels": str(tmp_path / "pl" / "masks")}), dataset, tmp_path / "s1",
               mode="pretrain", progress=False)
     (tmp_path / "pl" / "manifest.json").unlink()  # as a run stopped after its images, before the merge
@@ -621,22 +622,30 @@ def test_a_pseudo_label_subfolder_or_an_unfinished_folder_says_what_to_pass(data
               mode="pretrain", progress=False)
 
 
-@pytest.mark.parametrize("case", ["typo", "images folder", "empty masks"])
+@pytest.mark.parametrize("case", ["typo", "images folder", "ss2 train folder", "empty masks", "masks elsewhere"])
 def test_no_labeled_images_says_why(dataset, tmp_path, case):
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     for path in sorted((dataset / "train" / "labeled").iterdir())[:2]:
         (root / "images" / path.name).write_bytes(path.read_bytes())
     (root / ("mask" if case == "typo" else "masks")).mkdir()
+    if case in ("masks elsewhere", "images folder"):  # masks/ is the folder read; labels/ beside it is not
+        (root / "labels").mkdir()
+        for path in sorted((root / "images").iterdir()):
+            np.save(root / ("labels" if case == "masks elsewhere" else "masks") / f"{path.stem}.npy",
+                    np.zeros((72, 96), np.uint8))
     given, message = {
         "typo": (root, rf"{root} has images/ but no masks/ \(or labels/\) folder \(folders there: mask\); fix: "
                        rf"rename {root / 'mask'} to {root / 'masks'}$"),
         "images folder": (root / "images", rf"{root / 'images'} is a folder of images without masks; fix: pass the "
-                                           rf"folder that holds it, --data {root}$"),
-        "empty masks": (root, rf"no mask in {root} matches an image of {root / 'images'} by name; fix: give each "
-                              "mask its image's file name"),
+                                           rf"dataset folder above it, --data {root}$"),
+        "ss2 train folder": (dataset / "train" / "labeled",
+                             rf"fix: pass the dataset folder above it, --data {dataset}$"),
+        "empty masks": (root, rf"{root / 'masks'} holds no masks; fix: put the masks there \(.npy, .png"),
+        "masks elsewhere": (root, rf"{root / 'masks'} holds no masks; fix: move the masks of {root / 'labels'} into "
+                                  rf"it, or remove the empty {root / 'masks'}$"),
     }[case]
-    with pytest.raises(TrainError, match=rf"{given} has no labeled images to train on: {message}"):
+    with pytest.raises(TrainError, match=rf"{given} has no labeled images to train on: .*{message}"):
         train(load_config(None, TINY), given, tmp_path / "run", progress=False)
 
 def test_mean_teacher_predicts_in_eval_mode(dataset, tmp_path):

@@ -310,23 +310,37 @@ def discover(root: str | Path, binary_class: int | None = None) -> DatasetIndex:
     return index
 
 
+def _labeled_root_above(folder: Path) -> Path | None:
+    """The nearest folder above ``folder`` (at most two levels: SS2's train/labeled) with labeled images."""
+    for candidate in list(folder.absolute().parents)[:2]:
+        try:
+            if discover(candidate).labeled:
+                return candidate
+        except (DataError, OSError):  # no dataset there, or not readable
+            continue
+    return None
+
+
 def why_no_labeled(index: DatasetIndex) -> str:
     """Why ``index`` holds no labeled image, and the fix: one line for a training run's error."""
     root = index.root
     if index.layout == "images":
-        parent = root.parent
-        if any((parent / name).is_dir() for name in MASK_FOLDER_NAMES):
-            return f"{root} is a folder of images without masks; fix: pass the folder that holds it, --data {parent}"
-        return f"{root} is a folder of images without masks; fix: {_LAYOUTS_HELP}"
+        above = _labeled_root_above(root)
+        fix = f"pass the dataset folder above it, --data {above}" if above else _LAYOUTS_HELP
+        return f"{root} is a folder of images without masks; fix: {fix}"
     if index.layout == "generic":
-        if not any((root / name).is_dir() for name in MASK_FOLDER_NAMES):
+        folders = [root / name for name in MASK_FOLDER_NAMES if (root / name).is_dir()]
+        if not folders:
             others = sorted(path.name for path in root.iterdir() if path.is_dir() and path.name != "images")
             near = difflib.get_close_matches("masks", others, n=1, cutoff=0.6)
             hint = f"rename {root / near[0]} to {root / 'masks'}" if near else f"put the masks in {root / 'masks'}"
             return (f"{root} has images/ but no masks/ (or labels/) folder"
                     f"{' (folders there: ' + ', '.join(others) + ')' if others else ''}; fix: {hint}")
-        return (f"no mask in {root} matches an image of {root / 'images'} by name; fix: give each mask its image's "
-                "file name (<stem>.png, <stem>.npy or <stem>_gt.*)")
+        # only the first mask folder is read; masks of another name would have been named as unpaired
+        unread = [folder for folder in folders[1:] if _visible_files(folder, MASK_SUFFIXES)]
+        fix = (f"move the masks of {unread[0]} into it, or remove the empty {folders[0]}" if unread
+               else f"put the masks there ({', '.join(MASK_SUFFIXES)}, named like their images)")
+        return f"{folders[0]} holds no masks; fix: {fix}"
     return f"{root / 'train' / 'labeled'} holds no images; fix: add images there with their masks in train/labels/"
 
 

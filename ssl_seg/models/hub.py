@@ -18,6 +18,12 @@ FAMILIES = {
 }
 
 
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, family: str | None = None, **kwargs):
     """``cls.from_pretrained`` that turns "not found / offline" into one actionable line.
 
@@ -45,7 +51,7 @@ def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, fa
         else:
             fix = (f"download it once where there is internet (`hf download {name_or_dir} --local-dir DIR`) "
                    "and pass that folder instead")
-            if not local_files_only:
+            if not (local_files_only or _hub_offline()):
                 fix += " (offline, --local-files-only or HF_HUB_OFFLINE=1 skip the hub's retries)"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {cls.__name__} from '{name_or_dir}' ({first[:160]}); {fix}") from exc

@@ -238,13 +238,14 @@ def batch_split(batch_size: int, labeled_ratio: float) -> tuple[int, int]:
 def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
     """Unlabeled images paired with their pseudo masks, from the folder ``pseudo-label`` wrote."""
     manifest = pseudo_dir / "manifest.json"
-    if not manifest.is_file() and (pseudo_dir.parent / "manifest.json").is_file():  # its masks/ or confidence/
-        raise TrainError(f"{pseudo_dir} lies inside the pseudo-label folder {pseudo_dir.parent}; pass "
-                         f"--pseudo-labels {pseudo_dir.parent}")
     if not manifest.is_file() and (pseudo_dir / "settings.json").is_file():
         done = len(list((pseudo_dir / "entries").glob("[!.]*.json")))
         raise TrainError(f"pseudo-labelling into {pseudo_dir} has not finished ({done} image(s) done, no manifest.json "
-                         "yet); rerun the same `ssl-seg pseudo-label` command to finish it (finished images are kept)")
+                         "yet); rerun the same `ssl-seg pseudo-label` command (each shard's, if sharded) to finish it "
+                         "(finished images are kept)")
+    if not manifest.is_file() and pseudo_dir.is_dir() and (pseudo_dir.parent / "manifest.json").is_file():
+        raise TrainError(f"{pseudo_dir} lies inside the pseudo-label folder {pseudo_dir.parent} (its masks/ or "
+                         f"confidence/); pass --pseudo-labels {pseudo_dir.parent}")
     if not manifest.is_file() and pseudo_dir.is_dir() and any(
             path.suffix.lower() in IMAGE_SUFFIXES for path in pseudo_dir.iterdir()):
         raise TrainError(f"{pseudo_dir} is a folder of images, not of pseudo-labels; pass --pseudo-labels the --out "
@@ -357,7 +358,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
         print(f"ssl-seg {mode}: {index.summary()}; training on {len(labeled)} labeled"
               f"{pseudo if mode == 'pretrain' else ''}, validating on {len(val_samples)}"
               + (f" from {cfg.val_dir}" if cfg.val_dir else "")
-              + ("" if val_samples else " (so best.pth holds the last step, not the best one)"), file=sys.stderr)
+              + ("" if val_samples else " (so best.pth holds the last saved step, not the best one)"), file=sys.stderr)
     n_labeled, n_unlabeled = ((cfg.batch_size, 0) if mode == "finetune"
                               else batch_split(cfg.batch_size, cfg.labeled_ratio))
 
