@@ -66,7 +66,7 @@ def _to_uint8_by_range(array: np.ndarray) -> np.ndarray:
         # A float image has no type range, so each image's is chosen: 0..1 (the usual float convention),
         # 0..255 (an 8-bit image saved as float, as ImageJ's 32-bit export does) or a 16-bit range; a
         # little above a range's top (float rounding) still counts as in it.
-        top = next(top for top in (1.0, 255.0, 65535.0) if finite_max <= top * 1.001 or top == 65535.0)
+        top = next((top for top in (1.0, 255.0) if finite_max <= top * 1.001), 65535.0)
         scaled = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=top, neginf=0.0) / top * 255.0
         return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     info = np.iinfo(array.dtype)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -193,6 +193,18 @@ def model_settings(state: dict, cfg: TrainConfig) -> dict:
     return {key: state.get("config", {}).get(key, getattr(cfg, key)) for key in ("model", "pretrained")}
 
 
+def config_with_model_of(state: dict, cfg: TrainConfig, source: str, mode: str, say: bool) -> TrainConfig:
+    """``cfg`` with the model of the checkpoint ``state``, which decides it; a configured other one is named
+    as not used (printed where ``say``)."""
+    model = model_settings(state, cfg)
+    if (cfg.model, cfg.pretrained) != (model["model"], model["pretrained"]) and say:
+        print(f"ssl-seg {mode}: {source} decides the model ({model['model']}"
+              + (f" from {model['pretrained']}" if model["pretrained"] else "")
+              + f"); the configured {cfg.model}" + (f" from {cfg.pretrained}" if cfg.pretrained else "")
+              + " is not used", file=sys.stderr)
+    return dataclasses.replace(cfg, **model)  # the checkpoints name the model they hold
+
+
 def check_resumable(state: dict, cfg: TrainConfig, mode: str, latest: Path, samples: dict | None = None) -> None:
     """Refuse to resume ``latest`` under another command, with settings that change the run, or on other data."""
     if state.get("mode") != mode:
@@ -238,19 +250,18 @@ def batch_split(batch_size: int, labeled_ratio: float) -> tuple[int, int]:
 def pseudo_samples(pseudo_dir: Path) -> list[Sample]:
     """Unlabeled images paired with their pseudo masks, from the folder ``pseudo-label`` wrote."""
     manifest = pseudo_dir / "manifest.json"
-    if not manifest.is_file() and (pseudo_dir / "settings.json").is_file():
-        done = len(list((pseudo_dir / "entries").glob("[!.]*.json")))
-        raise TrainError(f"pseudo-labelling into {pseudo_dir} has not finished ({done} image(s) done, no manifest.json "
-                         "yet); rerun the same `ssl-seg pseudo-label` command (each shard's, if sharded) to finish it "
-                         "(finished images are kept)")
-    if not manifest.is_file() and pseudo_dir.is_dir() and (pseudo_dir.parent / "manifest.json").is_file():
-        raise TrainError(f"{pseudo_dir} lies inside the pseudo-label folder {pseudo_dir.parent} (its masks/ or "
-                         f"confidence/); pass --pseudo-labels {pseudo_dir.parent}")
-    if not manifest.is_file() and pseudo_dir.is_dir() and any(
-            path.suffix.lower() in IMAGE_SUFFIXES for path in pseudo_dir.iterdir()):
-        raise TrainError(f"{pseudo_dir} is a folder of images, not of pseudo-labels; pass --pseudo-labels the --out "
-                         f"of `ssl-seg pseudo-label --images {pseudo_dir} --out PL`")
-    if not manifest.is_file():
+    if not manifest.is_file():  # say what the folder is instead, where it can be told
+        if (pseudo_dir / "settings.json").is_file():
+            done = len(list((pseudo_dir / "entries").glob("[!.]*.json")))
+            raise TrainError(f"pseudo-labelling into {pseudo_dir} has not finished ({done} image(s) done, no "
+                             "manifest.json yet); rerun the same `ssl-seg pseudo-label` command (each shard's, if "
+                             "sharded) to finish it (finished images are kept)")
+        if pseudo_dir.is_dir() and (pseudo_dir.parent / "manifest.json").is_file():
+            raise TrainError(f"{pseudo_dir} lies inside the pseudo-label folder {pseudo_dir.parent} (its masks/ or "
+                             f"confidence/); pass --pseudo-labels {pseudo_dir.parent}")
+        if pseudo_dir.is_dir() and any(path.suffix.lower() in IMAGE_SUFFIXES for path in pseudo_dir.iterdir()):
+            raise TrainError(f"{pseudo_dir} is a folder of images, not of pseudo-labels; pass --pseudo-labels the "
+                             f"--out of `ssl-seg pseudo-label --images {pseudo_dir} --out PL`")
         raise TrainError(f"{manifest} not found; run `ssl-seg pseudo-label ... --out {pseudo_dir}` first, or pass "
                          "--pseudo-labels DIR where the folder has moved")
     # image paths are relative to the manifest's folder (absolute in folders written by ssl_seg 0.1.0; both work)
@@ -382,25 +393,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     if resume_state is not None:
         check_resumable(resume_state, cfg, mode, latest, samples)
     torch.manual_seed(cfg.seed)
-    def take_model_of(state: dict, source_name: str) -> None:
-        """The checkpoint decides the architecture; a configured other one is named as not used."""
-        nonlocal cfg
-        source = model_settings(state, cfg)
-        if (cfg.model, cfg.pretrained) != (source["model"], source["pretrained"]) and rank == 0:
-            print(f"ssl-seg {mode}: {source_name} decides the model ({source['model']}"
-                  + (f" from {source['pretrained']}" if source["pretrained"] else "")
-                  + f"); the configured {cfg.model}" + (f" from {cfg.pretrained}" if cfg.pretrained else "")
-                  + " is not used", file=sys.stderr)
-        cfg = dataclasses.replace(cfg, **source)  # the checkpoints name the model they hold
-
     if resume_state is not None:  # latest.pth holds the run: --init and --pretrained are not read again
         model = model_from_checkpoint(resume_state, latest)
         pretrained_backbone = resume_state.get("pretrained_backbone", False)
-        take_model_of(resume_state, f"the resumed run {latest}")
+        cfg = config_with_model_of(resume_state, cfg, f"the resumed run {latest}", mode, rank == 0)
     elif cfg.init:  # --model and --pretrained are not used
         init_state = load_checkpoint(cfg.init)
         model = model_from_checkpoint(init_state, cfg.init)
-        take_model_of(init_state, f"--init {cfg.init}")
+        cfg = config_with_model_of(init_state, cfg, f"--init {cfg.init}", mode, rank == 0)
         # a backbone that started from hub weights keeps its slower learning rate down the teacher-student chain
         pretrained_backbone = init_state.get("pretrained_backbone",
                                              bool(init_state.get("config", {}).get("pretrained")))
