@@ -261,7 +261,7 @@ def random_segmenter(name: str) -> torch.nn.Module:
 
 
 def trainer_model_args(name: str, folder: str | Path) -> dict[str, Any]:
-    """Config keys that make ``ssl_seg.train.trainer.train`` build ``name`` with random weights.
+    """Config keys that make ``ssl_seg.train.loop.train`` build ``name`` with random weights.
 
     The built-in tiny models need nothing; the real sizes are saved with ``save_pretrained``
     into ``folder`` and loaded from there as if they were downloaded weights.
@@ -294,7 +294,7 @@ def write_teacher_checkpoint(name: str, path: str | Path, seed: int = 0) -> Path
 
 def sam_config(name: str):
     """``vit-b``: SAM ViT-B sizes (facebook/sam-vit-base); ``tiny``: the test-sized SAM."""
-    from ssl_seg.models.sam import tiny_sam_config, vit_b_sam_config
+    from ssl_seg.pseudo.sam import tiny_sam_config, vit_b_sam_config
 
     if name == "vit-b":
         return vit_b_sam_config()

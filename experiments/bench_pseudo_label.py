@@ -51,6 +51,7 @@ from bench_common import StageTimer
 
 from ssl_seg.data.io import read_image
 from ssl_seg.inference import predict_proba, to_tensor
+from ssl_seg.data import pseudo_labels as pseudo_folder
 from ssl_seg.pseudo import run as pseudo_run
 from ssl_seg.train.checkpoint import load_model
 
@@ -106,7 +107,7 @@ class DoneClock:
         return (len(self.stamps) - 1 - warmup) / max(seconds, 1e-9), seconds
 
 
-pseudo_run_save_json = pseudo_run.save_json
+pseudo_run_save_json = pseudo_folder.save_json
 
 
 class PromptCounter:
@@ -151,7 +152,7 @@ def measure_flops(args, checkpoint: Path, image_path: Path, sam_dir: Path | None
                                         tta=args.tta)
     flops = {"teacher": teacher, "sam_encoder": 0, "sam_decoder": 0, "prompts": 0}
     if args.refine == "sam" and sam_dir is not None:
-        from ssl_seg.models.sam import SamRefiner
+        from ssl_seg.pseudo.sam import SamRefiner
 
         confidence, labels = (t.cpu().numpy() for t in probs[0].max(dim=0))
         refiner = SamRefiner.from_pretrained(str(sam_dir), local_files_only=True, device=device)
@@ -187,9 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
           + f", tiles {args.tile_size}, tta {args.tta}, threshold {args.threshold}, {args.workers} decode workers",
           flush=True)
 
-    from ssl_seg.models.sam import SamRefiner
+    from ssl_seg.pseudo.sam import SamRefiner
     from transformers import SamModel
-    import ssl_seg.models.sam as sam_module
+    import ssl_seg.pseudo.sam as sam_module
 
     with common.workdir(args.workdir) as work:
         root = common.synthetic_dataset(work / "data", args.size, unlabeled=args.images, unique=args.unique)
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         common.reset_peak_memory(device)
         start = time.perf_counter()
         run_pseudo_label(args, checkpoint, images, work / "pseudo_clean", sam_dir,
-                         [(pseudo_run, "save_json", clock), (SamRefiner, "refine", prompts.method())],
+                         [(pseudo_folder, "save_json", clock), (SamRefiner, "refine", prompts.method())],
                          images_at_once=args.images_at_once)
         wall = time.perf_counter() - start
         images_per_s, timed_seconds = clock.rate(args.warmup)
@@ -223,8 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         instrumented_clock = DoneClock(on_done=on_done)
         patches = [
-            (pseudo_run, "save_json", timer.wrap("write (PNG + JSON)", instrumented_clock)),
-            (pseudo_run, "save_png", timer.wrap("write (PNG + JSON)", pseudo_run.save_png)),
+            (pseudo_folder, "save_json", timer.wrap("write (PNG + JSON)", instrumented_clock)),
+            (pseudo_folder, "save_png", timer.wrap("write (PNG + JSON)", pseudo_folder.save_png)),
             (pseudo_run, "decoded_images",
              lambda todo, workers: timer.wrap_iterator("decode wait", decoded_images(todo, workers),
                                                        reset_at=args.warmup + 1)),

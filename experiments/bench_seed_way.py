@@ -166,7 +166,7 @@ def training_comparison(args, device: torch.device, samples) -> dict:
 def sam_comparison(args, device: torch.device, samples) -> dict:
     from transformers import SamModel
 
-    from ssl_seg.models.sam import SamRefiner
+    from ssl_seg.pseudo.sam import SamRefiner
 
     torch.manual_seed(0)
     teacher = common.random_segmenter(args.teacher).to(device).eval()

@@ -1,4 +1,4 @@
-"""Training step breakdown of the real ``ssl_seg.train.trainer.train`` loop.
+"""Training step breakdown of the real ``ssl_seg.train.loop.train`` loop.
 
 The GPU figures (one H100; targets: augmentation at most 5% of a step, data wait about zero):
 
@@ -37,8 +37,9 @@ import bench_common as common
 
 from ssl_seg.config import apply_overrides, load_config
 from ssl_seg.data.io import save_json
-from ssl_seg.pseudo.run import manifest_image_path, merge_manifest, pseudo_label
-from ssl_seg.train.trainer import train
+from ssl_seg.data.pseudo_labels import manifest_image_path, merge_manifest
+from ssl_seg.pseudo.run import pseudo_label
+from ssl_seg.train.loop import train
 
 AUGMENT_SHARE_TARGET = 0.05  # augmentation at most 5% of a step
 STARVED_SHARE = 0.02  # data wait above 2% of a step: the device waits for data
@@ -133,7 +134,7 @@ def breakdown(scalars: dict, batch_size: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device, info = common.start("training step breakdown (ssl_seg.train.trainer.train)", args.device)
+    device, info = common.start("training step breakdown (ssl_seg.train.loop.train)", args.device)
     print(f"{args.mode}: {args.model} (random), batch {args.batch_size} x {args.tile_size}x{args.tile_size}, "
           f"{args.steps} steps, channels_last {args.channels_last}, compile {args.compile}, "
           f"amp {not args.no_amp and device.type == 'cuda'}, {args.workers} workers", flush=True)

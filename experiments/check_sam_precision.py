@@ -19,7 +19,7 @@ import bench_common as common
 
 from ssl_seg.data.io import read_image
 from ssl_seg.inference import predict_image
-from ssl_seg.models.sam import SamRefiner
+from ssl_seg.pseudo.sam import SamRefiner
 from ssl_seg.train.checkpoint import load_model
 
 PAIRS = [("batched", "one at a time", "bf16"), ("batched", "one at a time", "fp32"),

@@ -41,7 +41,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (SS2 layout or images/ + masks/)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints and TensorBoard logs (tb/)")
     parser.add_argument("--config", help="YAML training config, e.g. experiments/ss2_segformer.yaml")
-    parser.add_argument("--model", help=f"segformer-tiny | segformer | dinov2 | dinov2-tiny (default: {default.model})")
+    parser.add_argument("--model", help="a registered model, e.g. segformer-tiny or unet-small (an unknown name lists "
+                        f"them all; README, Models) (default: {default.model})")
     parser.add_argument("--pretrained", help="hub id or local folder of backbone weights")
     parser.add_argument("--local-files-only", action="store_true", default=None,
                         help="never reach the hub; load --pretrained from the local cache or folder")
@@ -84,10 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="supervised training on the labeled masks")
     _add_train_arguments(p)
 
-    p = sub.add_parser("pretrain", help="train a student on pseudo-labels with mean-teacher consistency")
+    p = sub.add_parser("pretrain", help="train a student on labeled and unlabeled images with a semi-supervised "
+                       "method (mean_teacher on pseudo-labels, or online unimatch)")
     _add_train_arguments(p)
     p.add_argument("--pseudo-labels", help="folder written by `ssl-seg pseudo-label`; without it the unlabeled "
-                   "images of --data are learned through the mean-teacher consistency alone")
+                   "images of --data are learned online, through the method's consistency alone")
     p.add_argument("--labeled-ratio", type=float,
                    help=f"share of each batch drawn from the labeled masks (default: {TrainConfig.labeled_ratio})")
 
@@ -165,7 +167,7 @@ def _train_config(args: argparse.Namespace):
     base, latest = None, Path(args.out) / "latest.pth"
     if args.resume and latest.is_file():  # the run's own settings; flags given now override them
         from ssl_seg.train.checkpoint import load_checkpoint
-        from ssl_seg.train.trainer import saved_config
+        from ssl_seg.train.resume import saved_config
 
         base = saved_config(load_checkpoint(latest, mmap=True))
     cfg = load_config(args.config, overrides, base=base)
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                                 progress=not args.no_progress, magnification=args.magnification)
         print(json.dumps(summary, indent=2))
     elif args.command in ("finetune", "pretrain"):
-        from ssl_seg.train.trainer import train
+        from ssl_seg.train.loop import train
 
         cfg = _train_config(args)
         summary = train(cfg, args.data, args.out, mode=args.command, resume=args.resume,
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except ValueError as exc:  # bad input: DataError, TrainError, CheckpointError, ModelLoadError are ValueErrors
-        from ssl_seg.data.io import one_line
+        from ssl_seg.errors import one_line
 
         print(f"ssl-seg {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2

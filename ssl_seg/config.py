@@ -43,10 +43,14 @@ class TrainConfig:
     consistency_weight: float = 1.0
     consistency_threshold: float = 0.9     # EMA-teacher confidence below which pixels are left out
     cutmix_prob: float = 0.5
-    # strong | weak: colour jitter of the student's view of unlabeled crops. Weak scored 0.8 points
-    # higher on the benchmark at 1920 steps and 1.7 at 3840 (3-seed means; see README "Results").
+    # strong | weak: colour jitter of the student's (strong) views of unlabeled crops; weak scored higher
+    # on the procedural benchmark (experiments/RESULTS.md, "student jitter")
     student_jitter: str = "weak"
     ema_decay: float = 0.99
+    method: str = "mean_teacher"           # mean_teacher | unimatch: pretrain's semi-supervised method
+    rampup_fraction: float = 0.0           # share of the steps over which unlabeled losses ramp up
+    feature_dropout: float = 0.5           # unimatch: Dropout2d between encoder and decoder
+    unimatch_teacher: str = "ema"          # unimatch: ema | own, whose weak-view prediction labels the strong views
     # pseudo-labelling (``pseudo-label`` command)
     refine: str = "none"                   # none | superpixel | sam (superpixels lowered the benchmark's pseudo-labels)
     sam: str | None = None                 # SAM hub id or local folder, with refine: sam
@@ -80,6 +84,10 @@ class TrainConfig:
 def _parse_value(text: str, current):
     """Parse an override string into the type of the field it replaces; TypeError if it cannot."""
     value = yaml.safe_load(text) if isinstance(text, str) else text
+    if isinstance(current, tuple):  # sizes such as (192, 256): a YAML list
+        if not isinstance(value, (list, tuple)) or len(value) != len(current):
+            raise TypeError(f"not a list of {len(current)}")
+        return tuple(type(item)(v) for item, v in zip(current, value))
     if isinstance(current, (dict, list)):
         return value
     if isinstance(current, bool):
@@ -101,11 +109,14 @@ def _parse_value(text: str, current):
 def _type_name(current) -> str:
     if isinstance(current, bool):
         return "true or false"
+    if isinstance(current, tuple):
+        return f"a list of {len(current)}"
     return {int: "an integer", float: "a number", dict: "a mapping", list: "a list"}.get(type(current), "a string")
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
-    """Apply ``key=value`` strings (or a dict) to a config; unknown keys are an error."""
+def apply_overrides(cfg, overrides: list[str] | dict, what: str = "config"):
+    """Apply ``key=value`` strings (or a dict) to a config dataclass; unknown keys are an error naming ``what``
+    (the kind of config: ``config``, ``demo``)."""
     items = overrides.items() if isinstance(overrides, dict) else (o.split("=", 1) for o in overrides)
     known = {f.name for f in dataclasses.fields(cfg)}
     changes = {}
@@ -117,19 +128,20 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfi
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1) or [k for k in sorted(known) if k.endswith(f"_{key}")]
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ValueError(f"unknown config key '{key}'; {hint}known keys: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown {what} key '{key}'; {hint}known keys: {', '.join(sorted(known))}")
         current = getattr(cfg, key)
         try:
             changes[key] = _parse_value(value, current)
         except (TypeError, ValueError):
-            raise ValueError(f"config key '{key}' expects {_type_name(current)}, got {value!r}") from None
+            raise ValueError(f"{what} key '{key}' expects {_type_name(current)}, got {value!r}") from None
     return dataclasses.replace(cfg, **changes)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (default: the defaults), then the YAML file (flat ``key: value``), then overrides."""
-    cfg = base or TrainConfig()
+                base=None, what: str = "config"):
+    """``base`` (default: ``TrainConfig()``; any config dataclass), then the YAML file (flat ``key: value``),
+    then overrides; errors name the kind of config, ``what``."""
+    cfg = base if base is not None else TrainConfig()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -143,11 +155,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a flat mapping of key: value")
         try:
-            cfg = apply_overrides(cfg, data)
+            cfg = apply_overrides(cfg, data, what)
         except ValueError as error:
             raise ValueError(f"config file {path}: {error}") from None
     if overrides:
-        cfg = apply_overrides(cfg, overrides)
+        cfg = apply_overrides(cfg, overrides, what)
     return cfg
 
 
@@ -170,6 +182,10 @@ _CHECKS = (
     ("cutmix_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("student_jitter", lambda v: v in ("strong", "weak"), "strong or weak"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("method", lambda v: v in ("mean_teacher", "unimatch"), "mean_teacher or unimatch"),
+    ("rampup_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("feature_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("unimatch_teacher", lambda v: v in ("ema", "own"), "ema or own"),
     ("refine", lambda v: v in ("none", "superpixel", "sam"), "none, superpixel or sam"),
     ("superpixel_method", lambda v: v in ("slic", "felzenszwalb"), "slic or felzenszwalb"),
     ("pseudo_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),

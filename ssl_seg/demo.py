@@ -17,21 +17,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from ssl_seg.config import load_config
-from ssl_seg.data.io import save_json, save_png
+from ssl_seg.data.io import save_json
 
 
 @dataclass
 class DemoConfig:
     labeled: int = 8
     unlabeled: int = 200
-    test: int = 48                 # 12 left the arms' scores within noise of each other
+    test: int = 48                 # fewer left the arms' scores within noise (experiments/RESULTS.md)
     size: tuple[int, int] = (192, 256)
-    # Bodies drawn 2.5x larger in pixels (still half their size in a 1360x1024 scene). At 1, thin
-    # bodies of 1-4 px fall below SegFormer's stride-4 output: 200 true masks instead of 8 lifted
-    # the score by 1 point at most, so no labels, pseudo or true, could make a difference.
+    # Bodies drawn larger in pixels (still half their size in a 1360x1024 scene): at 1, thin bodies fall
+    # below SegFormer's stride-4 output and no labels, pseudo or true, made a difference
+    # (experiments/RESULTS.md, "Why magnification 2.5").
     magnification: float = 2.5
     total_steps: int = 480
     teacher_steps: int = 240       # of total_steps: teacher fine-tune
@@ -40,10 +39,10 @@ class DemoConfig:
     tile_size: int = 160
     threshold: float = 0.9         # pseudo-label confidence; below it pixels are ignored
     tta: int = 8                   # flip/rot90 views the teacher averages when pseudo-labelling
-    # Superpixels made the procedural pseudo-labels worse (foreground Jaccard 0.43 -> 0.36): off.
+    # Superpixels made the procedural pseudo-labels worse (experiments/RESULTS.md): off.
     refine: str = "none"
-    # Share of labeled crops in each pretraining batch. 0 (pseudo-labels only) scored 1.1 points
-    # lower over the benchmark's three seeds (-5.2 on seed 2).
+    # Share of labeled crops in each pretraining batch; 0 (pseudo-labels only) scored lower
+    # (experiments/RESULTS.md).
     labeled_ratio: float = 0.5
     model: str = "segformer-tiny"
     lr: float = 1e-3
@@ -55,30 +54,13 @@ class DemoConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path | None) -> "DemoConfig":
-        if path is None:
-            return cls()
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"demo config {path} not found; pass experiments/demo.yaml or "
-                             "experiments/ssl_benchmark.yaml, or leave --config out")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            raise ValueError(f"demo config {path} is not valid YAML; fix it or leave --config out") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"demo config {path} must hold a flat mapping of key: value")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown demo keys {sorted(unknown)}; known: {sorted(known)}")
-        if "size" in data:
-            data["size"] = tuple(data["size"])
-        return cls(**data)
+        """The demo settings of a flat YAML file (``experiments/demo.yaml``), the defaults where it is silent."""
+        return load_config(path, base=cls(), what="demo")
 
 
 def _train(data: Path, out: Path, steps: int, demo: DemoConfig, seed: int, progress: bool, mode: str = "finetune",
            **extra) -> dict:
-    from ssl_seg.train.trainer import train
+    from ssl_seg.train.loop import train
 
     cfg = load_config(None, {"model": demo.model, "steps": steps, "batch_size": demo.batch_size,
                              "tile_size": demo.tile_size, "lr": demo.lr, "seed": seed,
@@ -109,19 +91,15 @@ def _student(data: Path, runs: Path, name: str, pseudo: Path, demo: DemoConfig, 
 
 
 def _truth_as_pseudo_labels(data: Path, out: Path) -> Path:
-    """A pseudo-label folder (masks + manifest) holding the true masks of the unlabeled scenes."""
+    """A pseudo-label folder holding the true masks of the unlabeled scenes."""
     import numpy as np
 
     from ssl_seg.data.layout import list_images
-    from ssl_seg.pseudo.run import manifest_image_path
+    from ssl_seg.data.pseudo_labels import write_truth_folder
 
-    entries = {}
-    for image in list_images(data / "train" / "unlabeled"):
-        truth = np.load(data / "train" / "unlabeled_truth" / f"{image.stem}_gt.npy")
-        save_png(out / "masks" / f"{image.stem}.png", truth.astype(np.uint8))
-        entries[image.stem] = {"image": manifest_image_path(image, out), "mask": f"masks/{image.stem}.png"}
-    save_json(out / "manifest.json", {"teacher": "generator truth", "images": entries})
-    return out
+    masks = {image: np.load(data / "train" / "unlabeled_truth" / f"{image.stem}_gt.npy")
+             for image in list_images(data / "train" / "unlabeled")}
+    return write_truth_folder(out, masks, teacher="generator truth")
 
 
 def _check_same_demo(out: Path, seed: int, demo: DemoConfig) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import sys
@@ -10,37 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ssl_seg.data.io import (DataError, changed_settings, one_line, overlay, read_image, save_jpg, save_json,
-                             save_npy)
+from ssl_seg.data.images import decoded_images, same_image
+from ssl_seg.data.io import changed_settings, overlay, save_jpg, save_json, save_npy
 from ssl_seg.data.layout import list_images
+from ssl_seg.errors import DataError, one_line
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.tb import legend_strip
 from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
-from ssl_seg.train.trainer import resolve_device
-
-
-class ImageFolder(Dataset):
-    """Decodes images in DataLoader workers, off the main thread."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
-        return i, read_image(self.paths[i])
-
-
-def decoded_images(paths: list[Path], workers: int = 2):
-    """Yields (path, uint8 HxWx3 image) in order, decoding ahead in background workers."""
-    loader = DataLoader(ImageFolder(paths), batch_size=None, num_workers=workers,
-                        prefetch_factor=4 if workers else None)
-    for i, image in loader:
-        yield paths[i], image.numpy() if isinstance(image, torch.Tensor) else image
+from ssl_seg.runtime import resolve_device
 
 
 def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, tile_size: int = 512,
@@ -92,12 +70,6 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
         hint = "; then add --skip-existing to the same command to keep the masks already written" if written else ""
         raise DataError(f"{one_line(exc)}{hint}") from None  # the worker's message, not its traceback
     return written
-
-
-def same_image(recorded: Path, path: Path) -> bool:
-    """Whether ``path`` is the image recorded earlier under its id: the same file, or a copy of it. One that is
-    gone (a moved folder) is not compared."""
-    return not recorded.is_file() or os.path.samefile(recorded, path) or filecmp.cmp(recorded, path, shallow=False)
 
 
 def remove_masks(out: Path, paths: list[Path]) -> None:

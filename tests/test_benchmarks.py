@@ -99,3 +99,12 @@ def test_check_sam_precision_smoke(tmp_path):
     # on a CPU no autocast is used: bf16 and fp32 runs are the same run, and both ways agree
     assert row["batched vs batched, bf16 vs fp32"] == 1.0
     assert row["batched vs one at a time, fp32"] > 0.99
+
+
+def test_online_ssl_benchmark_smoke(tmp_path):
+    subprocess.run([sys.executable, str(EXPERIMENTS / "online_ssl_benchmark.py"), "--smoke", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads((tmp_path / "results.json").read_text())
+    scores = result["scores"]["0"]
+    assert set(scores) == {"supervised@1x", "unimatch"} and all(0 <= v <= 1 for v in scores.values())
+    assert "unimatch vs best supervised" in result["table"]

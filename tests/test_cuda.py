@@ -14,9 +14,9 @@ from ssl_seg.data.io import read_mask
 from ssl_seg.data.synthetic import write_dataset
 from ssl_seg.inference import predict_proba
 from ssl_seg.models import build_model
-from ssl_seg.models.sam import SamRefiner, prompts_from_labels, tiny_sam_config
+from ssl_seg.pseudo.sam import SamRefiner, prompts_from_labels, tiny_sam_config
 from ssl_seg.train.checkpoint import load_model
-from ssl_seg.train.trainer import train
+from ssl_seg.train.loop import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

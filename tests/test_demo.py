@@ -60,7 +60,7 @@ def test_demo_oracle_student_learns_the_true_masks(tmp_path):
 def test_demo_config_rejects_unknown_keys_and_bad_budgets(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("total_step: 10\n")
-    with pytest.raises(ValueError, match="unknown demo keys"):
+    with pytest.raises(ValueError, match="unknown demo key"):
         DemoConfig.from_yaml(bad)
     over = tmp_path / "over.yaml"
     over.write_text(yaml.safe_dump({**TINY, "pretrain_steps": 5}))

@@ -23,7 +23,7 @@ import os
 import sys
 import torch
 from ssl_seg import cli
-from ssl_seg.train import trainer
+from ssl_seg.train import loop as trainer
 
 built, build_model = [], trainer.build_model
 trainer.build_model = lambda *args, **kwargs: built.append(build_model(*args, **kwargs)) or built[-1]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import Dinov2Model, SegformerForSemanticSegmentation
 
-from ssl_seg.models import MODELS, ModelLoadError, build_model, model_from_spec, model_spec
+from ssl_seg.models import MODELS, ModelLoadError, Segmenter, build_model, model_from_spec, model_spec
 from ssl_seg.models.dinov2 import Dinov2Segmenter, tiny_dinov2_config
 from ssl_seg.models.segformer import SegformerSegmenter, tiny_segformer_config
 
@@ -35,6 +35,17 @@ class ModelTester:
         x = torch.rand(1, 3, 64, 64)
         torch.testing.assert_close(clone(x), model(x))
 
+    @pytest.mark.parametrize("size", sizes)
+    def test_forward_is_decode_of_encode(self, size):
+        model, x = self.build(), torch.rand(2, 3, *size)
+        assert isinstance(model, Segmenter)
+        torch.testing.assert_close(model.decode(model.encode(x), x.shape[-2:]), model(x))
+
+    def test_parameter_groups_cover_every_parameter_once(self):
+        model = self.build()
+        grouped = [id(p) for group in model.parameter_groups(1e-3, 0.1) for p in group["params"]]
+        assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+
 
 class TestSegformerTiny(ModelTester):
     name = "segformer-tiny"
@@ -44,8 +55,65 @@ class TestDinov2Tiny(ModelTester):
     name = "dinov2-tiny"
 
 
+class TestUNetSmall(ModelTester):
+    name = "unet-small"
+
+
 def test_registry_lists_every_model():
-    assert set(MODELS) == {"segformer", "segformer-tiny", "dinov2", "dinov2-tiny"}
+    assert set(MODELS) == {"segformer", "segformer-tiny", "dinov2", "dinov2-tiny", "unet-small", "unet", "unet-large"}
+
+
+def test_a_new_family_is_one_class_and_one_builder(monkeypatch, tmp_path):
+    """A toy family registered from outside: checkpoints name it and rebuild it from the registry."""
+    from torch import nn
+
+    from ssl_seg.models import base
+    from ssl_seg.train.checkpoint import load_model, save_checkpoint
+
+    monkeypatch.setattr(base, "FAMILIES", dict(base.FAMILIES))
+    monkeypatch.setattr(base, "MODEL_BUILDERS", dict(base.MODEL_BUILDERS))
+
+    @base.register_family("toy")
+    class Toy(nn.Module):
+        def __init__(self, width: int, num_classes: int):
+            super().__init__()
+            self.width, self.num_classes = width, num_classes
+            self.encoder, self.decoder = nn.Conv2d(3, width, 3, padding=1), nn.Conv2d(width, num_classes, 1)
+
+        def encode(self, images):
+            return self.encoder(images)
+
+        def decode(self, features, size):
+            return self.decoder(features)
+
+        def forward(self, images):
+            return self.decode(self.encode(images), images.shape[-2:])
+
+        def parameter_groups(self, lr, backbone_lr_scale=0.1):
+            return [{"params": list(self.parameters()), "lr": lr}]
+
+        def spec(self):
+            return {"width": self.width, "num_classes": self.num_classes}
+
+        @classmethod
+        def from_spec(cls, spec):
+            return cls(spec["width"], spec["num_classes"])
+
+    base.register_model("toy-3")(lambda num_classes, pretrained, local_files_only: Toy(3, num_classes))
+    model = base.build_model("toy-3")
+    assert model_spec(model) == {"family": "toy", "width": 3, "num_classes": 4}
+    save_checkpoint(tmp_path / "toy.pth", {"model": model.state_dict(), "model_spec": model_spec(model)})
+    loaded, _ = load_model(tmp_path / "toy.pth")
+    assert type(loaded) is Toy and loaded.width == 3
+    x = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+    with pytest.raises(ValueError, match="registered twice"):
+        base.register_family("toy")(Toy)
+
+
+def test_a_checkpoint_of_an_unknown_family_says_so():
+    with pytest.raises(ModelLoadError, match="family 'mystery' is not known"):
+        model_from_spec({"family": "mystery"})
 
 
 @pytest.mark.parametrize("name", ["segformer", "dinov2"])
@@ -56,7 +124,7 @@ def test_pretrained_models_say_what_they_need(name):
 
 def test_unknown_model_lists_the_choices():
     with pytest.raises(ModelLoadError, match="segformer-tiny"):
-        build_model("unet")
+        build_model("unet-huge")
 
 
 @pytest.mark.parametrize("name, save", [

@@ -11,8 +11,10 @@ import pytest
 from ssl_seg.config import load_config
 from ssl_seg.data.io import DataError
 from ssl_seg.data.synthetic import write_dataset
-from ssl_seg.pseudo.run import merge_lock, merge_manifest, pseudo_label
-from ssl_seg.train.trainer import TrainError, train
+from ssl_seg.data.pseudo_labels import merge_lock, merge_manifest
+from ssl_seg.pseudo.run import pseudo_label
+from ssl_seg.errors import TrainError
+from ssl_seg.train.loop import train
 
 FAST = {"tile_size": 64, "workers": 0, "progress": False, "refine": "none", "threshold": 0.0}
 
@@ -110,10 +112,10 @@ def test_masks_and_confidence_are_the_teachers(setup, tmp_path):
 
 
 def test_entry_is_written_after_mask_and_confidence(setup, tmp_path, monkeypatch):
-    import ssl_seg.pseudo.run as run
+    import ssl_seg.data.pseudo_labels as folder
 
     teacher, images = setup
-    real_save_png, calls = run.save_png, []
+    real_save_png, calls = folder.save_png, []
 
     def save_png_then_fail(path, array):  # the 3rd PNG (the 2nd image's mask) fails, as a kill mid-image would
         calls.append(path)
@@ -121,7 +123,7 @@ def test_entry_is_written_after_mask_and_confidence(setup, tmp_path, monkeypatch
             raise OSError("disk full")
         real_save_png(path, array)
 
-    monkeypatch.setattr(run, "save_png", save_png_then_fail)
+    monkeypatch.setattr(folder, "save_png", save_png_then_fail)
     with pytest.raises(OSError, match="disk full"):
         pseudo_label(teacher, images, tmp_path / "pl", **FAST)
     entries = list((tmp_path / "pl" / "entries").glob("[!.]*.json"))

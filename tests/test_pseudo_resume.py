@@ -13,7 +13,7 @@ from PIL import Image
 from ssl_seg.config import load_config
 from ssl_seg.data.io import read_mask
 from ssl_seg.data.synthetic import write_dataset
-from ssl_seg.train.trainer import train
+from ssl_seg.train.loop import train
 
 
 def command(teacher, images, out):

@@ -8,7 +8,7 @@ from transformers import SamModel, SamProcessor
 
 from ssl_seg import IGNORE_INDEX
 from ssl_seg.models.hub import ModelLoadError
-from ssl_seg.models.sam import (
+from ssl_seg.pseudo.sam import (
     SamRefiner,
     interior_point,
     prompts_from_labels,

@@ -11,7 +11,7 @@ from ssl_seg.config import load_config
 from ssl_seg.data.synthetic import write_dataset
 from ssl_seg.evaluate import evaluate_dirs
 from ssl_seg.predict import predict_folder
-from ssl_seg.train.trainer import train
+from ssl_seg.train.loop import train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "teacher_inference.py"
 

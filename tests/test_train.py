@@ -18,7 +18,8 @@ from ssl_seg.data.synthetic import write_dataset
 from ssl_seg.evaluate import evaluate_dirs
 from ssl_seg.predict import predict_folder
 from ssl_seg.pseudo.run import pseudo_label
-from ssl_seg.train.trainer import TrainError, train
+from ssl_seg.errors import TrainError
+from ssl_seg.train.loop import train
 
 TINY = {"steps": 6, "batch_size": 2, "tile_size": 64, "val_every": 3, "log_every": 1, "image_every": 3,
         "warmup_steps": 1, "num_workers": 0, "lr": 2e-3}
@@ -170,7 +171,7 @@ def test_an_unreadable_validation_image_stops_the_run_before_its_first_step(data
 
     from ssl_seg.data.io import DataError
     from ssl_seg.data.layout import discover
-    from ssl_seg.train.trainer import split_validation
+    from ssl_seg.train.data import split_validation
 
     shutil.copytree(dataset, tmp_path / "data")
     cfg = load_config(None, TINY)
@@ -378,7 +379,7 @@ def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path
     signum = getattr(signal, signal_name)
     handler_before = signal.getsignal(signum)
 
-    import ssl_seg.train.trainer as trainer
+    import ssl_seg.train.loop as trainer
 
     cfg = load_config(None, {**TINY, "steps": 8, "val_every": 8})
     train(cfg, dataset, tmp_path / "full", progress=False)
@@ -405,7 +406,7 @@ def test_ctrl_c_saves_the_step_and_resume_continues_it_exactly(dataset, tmp_path
 def test_ctrl_c_stays_ignored_where_it_was():
     import signal
 
-    from ssl_seg.train.trainer import stop_on_interrupt
+    from ssl_seg.runtime import stop_on_interrupt
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup or in a background job
     try:
@@ -681,7 +682,7 @@ def test_mean_teacher_is_updated_every_step(dataset, tmp_path):
 
 
 def test_consistency_leaves_out_padding(dataset, tmp_path, monkeypatch):
-    import ssl_seg.train.trainer as trainer
+    import ssl_seg.train.methods.mean_teacher as trainer
 
     steps, real_cutmix, real_loss = [], trainer.cutmix, trainer.masked_cross_entropy
 
@@ -707,7 +708,7 @@ def test_consistency_leaves_out_padding(dataset, tmp_path, monkeypatch):
 
 def test_checkpoints_from_before_a_run_key_existed_resume_with_its_old_value(tmp_path):
     from ssl_seg.config import TrainConfig
-    from ssl_seg.train.trainer import check_resumable
+    from ssl_seg.train.resume import check_resumable
 
     old = {"mode": "pretrain", "config": {"steps": 600}}  # written before student_jitter existed: strong
     check_resumable(old, TrainConfig(student_jitter="strong"), "pretrain", tmp_path / "latest.pth")

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE
+from ssl_seg.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".npy", ".png", ".bmp", ".tif", ".tiff")
@@ -36,19 +37,6 @@ IGNORE_COLOUR = (128, 128, 128)
 _EXIF_ORIENTATION = 0x0112
 _PIL_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 _BINARY_FIX = "give its class with --binary-class NAME or a binary_classes.csv line"
-
-
-class DataError(ValueError):
-    """A user's input file or folder is unusable; the message names it, what was found and the fix."""
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc``; for one re-raised from a DataLoader worker, the worker's own message."""
-    text = str(exc)
-    if "Original Traceback" in text:  # torch prefixes the worker's whole traceback; its last line is the message
-        last = text.rstrip().splitlines()[-1]
-        text = last.split(f"{type(exc).__name__}: ", 1)[-1]
-    return text
 
 
 # --------------------------------------------------------------------------- images

@@ -1,12 +1,16 @@
-"""DINOv2 ViT backbone with a light convolutional head."""
+"""DINOv2 ViT backbone with a light convolutional head: family ``dinov2``."""
 
 from __future__ import annotations
+
+import json
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, Dinov2Config, PretrainedConfig
+from transformers import AutoConfig, AutoModel, Dinov2Config, PretrainedConfig
 
+from ssl_seg.errors import ModelLoadError
+from ssl_seg.models.base import encoder_parameter_groups, register_family, register_model
 from ssl_seg.models.hub import load_pretrained
 from ssl_seg.models.segformer import IMAGENET_MEAN, IMAGENET_STD
 
@@ -17,6 +21,7 @@ def tiny_dinov2_config() -> Dinov2Config:
                         intermediate_size=96, patch_size=8, image_size=64)
 
 
+@register_family("dinov2")
 class Dinov2Segmenter(nn.Module):
     """Patch features of the last layer -> BN + 3x3 conv + 1x1 conv -> bilinear upsampling."""
 
@@ -44,24 +49,37 @@ class Dinov2Segmenter(nn.Module):
     def num_classes(self) -> int:
         return self.head[-1].out_channels
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch grid of the last layer (B, hidden, ceil(H/patch), ceil(W/patch)); images are padded up."""
         height, width = images.shape[-2:]
         patch = self.backbone.config.patch_size
-        pad_h, pad_w = -height % patch, -width % patch
-        x = F.pad((images - self.mean) / self.std, (0, pad_w, 0, pad_h), mode="replicate")
+        x = F.pad((images - self.mean) / self.std, (0, -width % patch, 0, -height % patch), mode="replicate")
         tokens = self.backbone(pixel_values=x).last_hidden_state
         grid_h, grid_w = x.shape[-2] // patch, x.shape[-1] // patch
         # Drop the CLS (and any register) tokens, keep the patch grid.
-        features = tokens[:, -grid_h * grid_w:].transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w)
-        logits = F.interpolate(self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :height, :width]
+        return tokens[:, -grid_h * grid_w:].transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w)
+
+    def decode(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        patch = self.backbone.config.patch_size
+        padded = (features.shape[-2] * patch, features.shape[-1] * patch)
+        logits = F.interpolate(self.head(features), size=padded, mode="bilinear", align_corners=False)
+        return logits[..., :size[0], :size[1]]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images), images.shape[-2:])
 
     def parameter_groups(self, lr: float, backbone_lr_scale: float = 0.1) -> list[dict]:
         """A lower learning rate for the pretrained backbone than for the fresh head."""
-        return [
-            {"params": list(self.backbone.parameters()), "lr": lr * backbone_lr_scale},
-            {"params": list(self.head.parameters()), "lr": lr},
-        ]
+        return encoder_parameter_groups(self, self.backbone, lr, backbone_lr_scale)
+
+    def spec(self) -> dict:
+        return {"hf_config": self.hf_config.to_json_string(use_diff=False), "num_classes": self.num_classes}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Dinov2Segmenter":
+        config = json.loads(spec["hf_config"])
+        # the config's own model_type: DINOv2 with registers rebuilds with its register tokens
+        return cls.from_config(AutoConfig.for_model(config.pop("model_type", "dinov2"), **config), spec["num_classes"])
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, num_classes: int) -> "Dinov2Segmenter":
@@ -73,3 +91,20 @@ class Dinov2Segmenter(nn.Module):
         backbone = load_pretrained(AutoModel, name_or_dir, local_files_only=local_files_only, family="DINOv2")
         # weights saved in bf16/fp16 load in that dtype: training keeps float32 weights
         return cls(backbone.float(), num_classes)
+
+
+@register_model("dinov2")
+def dinov2(num_classes: int, pretrained: str | None, local_files_only: bool) -> Dinov2Segmenter:
+    if pretrained is None:
+        raise ModelLoadError(
+            "model 'dinov2' needs --pretrained (a hub id such as facebook/dinov2-base or a local folder); "
+            "for a random test-sized model use --model dinov2-tiny"
+        )
+    return Dinov2Segmenter.from_pretrained(pretrained, num_classes, local_files_only)
+
+
+@register_model("dinov2-tiny")
+def dinov2_tiny(num_classes: int, pretrained: str | None, local_files_only: bool) -> Dinov2Segmenter:
+    if pretrained is not None:
+        raise ModelLoadError("model 'dinov2-tiny' is a random test-sized model; with --pretrained use --model dinov2")
+    return Dinov2Segmenter.from_config(tiny_dinov2_config(), num_classes)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-class ModelLoadError(ValueError):
-    """A model or its weights could not be found; the message says how to get them."""
+from ssl_seg.errors import ModelLoadError
 
 
 # family -> (config model types it accepts, an example hub id): transformers loads a folder of another
@@ -34,7 +32,7 @@ def load_pretrained(cls, name_or_dir: str, *, local_files_only: bool = False, fa
         >>> load_pretrained(Dinov2Model, "/no/such/folder", local_files_only=True)
         Traceback (most recent call last):
         ...
-        ssl_seg.models.hub.ModelLoadError: ...
+        ssl_seg.errors.ModelLoadError: ...
     """
     looks_local = Path(name_or_dir).expanduser().exists() or name_or_dir.startswith((".", "/", "~"))
     if looks_local and not Path(name_or_dir).expanduser().is_dir():

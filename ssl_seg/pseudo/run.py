@@ -8,10 +8,7 @@ so an image counts as done only once all three exist; ``manifest.json`` merges t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -23,18 +20,19 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from ssl_seg.data.io import (DataError, changed_settings, overlay, read_image, remove_stale_temporaries, save_json,
-                             save_png)
+from ssl_seg.data.images import decoded_images
+from ssl_seg.data.io import DataError, overlay, read_image, remove_stale_temporaries
 from ssl_seg.data.layout import discover, validate
+from ssl_seg.data.pseudo_labels import (SETTING_KEYS, check_same_images, check_same_settings, manifest_image_path,
+                                        merge_manifest, write_outputs)
+from ssl_seg.errors import ModelLoadError
 from ssl_seg.inference import predict_proba, to_tensor
-from ssl_seg.models.hub import ModelLoadError
-from ssl_seg.predict import decoded_images, same_image
 from ssl_seg.pseudo.refine import SUPERPIXEL_METHODS, class_balanced_confidence, superpixel_refine, threshold_labels
 from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
-from ssl_seg.train.trainer import resolve_device, setup_distributed
+from ssl_seg.runtime import resolve_device, setup_distributed
 
 
-# Below this share of confident pixels a finished run warns (about 50% at 0.9 on the procedural benchmark).
+# Below this share of confident pixels a finished run warns (typical shares: experiments/RESULTS.md).
 FEW_CONFIDENT = 0.05
 
 
@@ -93,7 +91,7 @@ def load_feature_teacher(dinov2: str, labeled: str | None, local_files_only: boo
 
 
 def load_sam_refiner(sam: str | None, local_files_only: bool, device):
-    from ssl_seg.models.sam import SamRefiner
+    from ssl_seg.pseudo.sam import SamRefiner
 
     if not sam:
         say("--refine sam without --sam weights; falling back to superpixel refinement")
@@ -118,106 +116,6 @@ def class_histogram_figure(class_pixels: np.ndarray):
     ax.set_title("pseudo-label classes", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def manifest_image_path(image: Path, out: Path) -> str:
-    """An image's path as ``manifest.json`` in ``out`` records it: relative, so both can move together."""
-    return os.path.relpath(image.resolve(), out.resolve())
-
-
-def check_same_images(done: list[Path], out: Path) -> None:
-    """Refuse an image whose id names another image's finished pseudo-label in ``out`` (two folders that share
-    file names, such as IMG_0001.jpg): it would be skipped as done. A recorded image that is gone is not
-    compared (the folder may have moved without its images)."""
-    for path in done:
-        recorded = out / json.loads((out / "entries" / f"{path.stem}.json").read_text())["image"]
-        if not same_image(recorded, path):
-            raise DataError(f"{out} holds the pseudo-label of {os.path.normpath(recorded)} under id {path.stem!r}, "
-                            f"and {path} has the same id; fix: label these images into another --out")
-
-
-def write_outputs(out: Path, stem: str, pseudo: np.ndarray, confidence: np.ndarray, entry: dict) -> None:
-    save_png(out / "masks" / f"{stem}.png", pseudo)
-    save_png(out / "confidence" / f"{stem}.png", np.round(confidence * 255).astype(np.uint8))
-    save_json(out / "entries" / f"{stem}.json", entry)  # last: marks the image done
-
-
-@contextlib.contextmanager
-def merge_lock(out: Path):
-    """Shards that finish together merge one after another, so the last to merge sees every entry."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: shards should then be merged by one rerun after all have finished
-        yield
-        return
-    folder = os.open(out, os.O_RDONLY)  # the lock sits on the folder itself: no lock file is left behind
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(folder)  # closing releases the lock
-
-
-# What a folder's settings.json and every entry record, besides the refiner.
-SETTING_KEYS = ("threshold", "class_balance", "tta", "tile_size", "teacher_sha256", "dinov2", "dinov2_labeled")
-
-
-def comparable_settings(settings: dict) -> dict:
-    """The settings two runs into one folder must share: the teacher's bytes and the refiner's kind, not
-    their paths (a project folder may move to another machine). Keys that folders of older versions do
-    not record are left out, and so not compared."""
-    return {"refiner": settings["refiner"].split(":")[0], **{k: settings[k] for k in SETTING_KEYS if k in settings}}
-
-
-def check_same_settings(out: Path, settings: dict) -> None:
-    """A folder holds pseudo-labels of one setting: a rerun with others would mix two kinds of masks.
-
-    The settings are compared once the folder holds a finished image; before, a rerun may change them.
-    """
-    now = comparable_settings(settings)
-    path = out / "settings.json"
-    if path.is_file() and any((out / "entries").glob("[!.]*.json")):
-        changed = changed_settings(path, now)  # folders of ssl_seg 0.1.3 and earlier record no teacher digest
-        if changed:
-            raise ValueError(f"{out} holds pseudo-labels made with other settings ({'; '.join(changed)}); "
-                             "rerun with the same ones to resume, or pass another --out")
-    else:
-        save_json(path, now)
-
-
-def check_entries_agree(out: Path, entries: dict) -> None:
-    """Shards started at the same moment with different options all pass ``check_same_settings`` (no
-    image is finished yet when they compare): the merge is where their mixed masks are caught."""
-    values: dict[str, set] = {}
-    for entry in entries.values():
-        for key, value in comparable_settings(entry).items():
-            values.setdefault(key, set()).add(json.dumps(value))
-    mixed = [f"{key} {' and '.join(sorted(found))}" for key, found in values.items() if len(found) > 1]
-    if mixed:
-        raise ValueError(f"{out} mixes pseudo-labels of different settings ({'; '.join(mixed)}), as shards started "
-                         "at once with different options make; delete the folder and rerun every shard with the "
-                         "same options")
-
-
-def merge_manifest(out: Path, settings: dict) -> dict:
-    """manifest.json from every finished entry (all shards), with totals. ``settings["images_expected"]``
-    counts the images of all shards: a manifest with fewer holds unfinished shards."""
-    with merge_lock(out):
-        entries = {path.stem: json.loads(path.read_text())
-                   for path in sorted((out / "entries").glob("*.json"))
-                   if not path.name.startswith(".")}  # skip temporaries of entries being written
-        check_entries_agree(out, entries)
-        pixels = sum(e["pixels"] for e in entries.values()) or 1
-        summary = {
-            "images": len(entries),
-            "confident_fraction": sum(e["confident_fraction"] * e["pixels"] for e in entries.values()) / pixels,
-            "class_fractions": {name: sum(e["class_fractions"][name] * e["pixels"] for e in entries.values()) / pixels
-                                for name in CLASS_NAMES},
-            "changed_pixels": sum(e.get("changed_pixels", 0) for e in entries.values()),
-        }
-        manifest = {**settings, "summary": summary, "images": entries}
-        save_json(out / "manifest.json", manifest)
-    return manifest
 
 
 def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, refine: str = "none",
@@ -307,7 +205,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
         return confidence, pseudo, info
 
     # Results are taken in order whatever images_at_once is. PNG encoding runs on writer threads.
-    in_flight = images_at_once or (4 if device_.type == "cuda" else 1)  # 4: see README, Performance
+    in_flight = images_at_once or (4 if device_.type == "cuda" else 1)  # 4: see experiments/PERFORMANCE.md
     labelers, writers = ThreadPoolExecutor(max_workers=in_flight), ThreadPoolExecutor(max_workers=2 * in_flight)
     labelling, pending, unreadable = deque(), deque(), None
     images_in = iter(decoded_images(todo, workers))

@@ -8,11 +8,8 @@ from pathlib import Path
 import torch
 
 from ssl_seg.data.io import atomic_write
+from ssl_seg.errors import CheckpointError
 from ssl_seg.models import model_from_spec
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing or not one of ours."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

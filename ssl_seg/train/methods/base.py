@@ -1,0 +1,57 @@
+"""The parts of a step that every method shares: its context and its timer."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ssl_seg.augment import TrainAugment
+from ssl_seg.config import TrainConfig
+from ssl_seg.inference import autocast_for
+from ssl_seg.train.losses import SegmentationLoss
+
+
+@dataclass
+class StepTimer:
+    """Seconds per named part of a step (``time/<part>_s_per_step``), synchronised on CUDA."""
+
+    device: torch.device
+    seconds: dict = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        tick = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - tick
+
+    def reset(self) -> dict:
+        seconds, self.seconds = self.seconds, dict.fromkeys(self.seconds, 0.0)
+        return seconds
+
+
+@dataclass
+class StepContext:
+    """What every method reads: the run's settings and the loop's shared parts."""
+
+    cfg: TrainConfig
+    device: torch.device
+    augment: TrainAugment
+    criterion: SegmentationLoss
+    timer: StepTimer
+    n_labeled: int
+
+    def autocast(self):
+        return autocast_for(self.device, self.cfg.amp)
+
+    def ramp(self, step: int) -> float:
+        """Sigmoid ramp-up of the unlabeled losses over the first ``rampup_fraction`` of the steps (Laine &
+        Aila): a teacher that knows nothing yet teaches little."""
+        length = self.cfg.rampup_fraction * self.cfg.steps
+        if length <= 0 or step >= length:
+            return 1.0
+        return float(torch.exp(torch.tensor(-5.0 * (1.0 - step / length) ** 2)))

@@ -1,0 +1,129 @@
+"""UniMatch (Yang et al., CVPR 2023), online: weak view -> pseudo-label -> two strong views and a
+feature-perturbed branch (``pretrain``'s ``method: unimatch``).
+
+Per step: the labeled crops and the weak view of the unlabeled crops go through one forward pass whose
+encoder features are also decoded a second time under ``Dropout2d(feature_dropout)``; the weak view's
+prediction (the EMA teacher's, or the model's own with ``unimatch_teacher: own``) labels two strong views
+(CutMixed within the batch, independently) and the perturbed branch. Unlabeled losses are class-weighted
+cross-entropy + Dice over confident pixels, so that background (most pixels) does not outweigh macerals;
+they are ramped up over ``rampup_fraction`` of the run. Pseudo-labels from ``pseudo-label``, where given,
+supervise the weak view as well.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_seg import CLASS_NAMES, IGNORE_INDEX
+from ssl_seg.augment import cutmix
+from ssl_seg.train.methods.base import StepContext
+from ssl_seg.train.methods.supervised import labeled_view
+
+
+class FeaturePerturbed(nn.Module):
+    """``model`` whose forward also decodes the last ``n_perturbed`` samples' features through Dropout2d:
+    the perturbation sits between encoder and decoder, and DDP sees one forward call."""
+
+    def __init__(self, model: nn.Module, p: float):
+        super().__init__()
+        self.model, self.dropout = model, nn.Dropout2d(p)
+
+    def forward(self, images: torch.Tensor, n_perturbed: int = 0):
+        if not n_perturbed:
+            return self.model(images)
+        features = self.model.encode(images)
+        many = isinstance(features, (tuple, list))
+        levels = features if many else (features,)
+        mixed = tuple(torch.cat([f, self.dropout(f[-n_perturbed:])]) for f in levels)
+        logits = self.model.decode(mixed if many else mixed[0], images.shape[-2:])
+        return logits[:images.shape[0]], logits[images.shape[0]:]
+
+
+def unlabeled_loss(logits: torch.Tensor, label: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor,
+                   dice_weight: float) -> torch.Tensor:
+    """Class-weighted cross-entropy summed over kept pixels and divided by all pixels (as UniMatch does: the
+    loss grows with the teacher's confidence), plus Dice over kept pixels averaged over the classes present."""
+    logits = logits.float()
+    ce = (F.cross_entropy(logits, label, weight=weights, reduction="none") * keep).sum() / keep.numel()
+    if not dice_weight:
+        return ce
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(label, probs.shape[1]).permute(0, 3, 1, 2).float()
+    kept = keep.unsqueeze(1)
+    intersection = (probs * onehot * kept).sum(dim=(0, 2, 3))
+    truth = (onehot * kept).sum(dim=(0, 2, 3))
+    union = (probs * kept).sum(dim=(0, 2, 3)) + truth
+    present = truth > 0
+    if not present.any():
+        return ce
+    dice = 1 - (2 * intersection[present] + 1e-5) / (union[present] + 1e-5)
+    return ce + dice_weight * dice.mean()
+
+
+class UniMatch:
+    def __init__(self, context: StepContext):
+        self.context = context
+
+    def network(self, model):
+        return FeaturePerturbed(model, self.context.cfg.feature_dropout)
+
+    def _strong_view(self, images_u, label, confidence, inside):
+        ctx = self.context
+        strong = ctx.augment.student(images_u).clamp_(0, 1)
+        strong, label, confidence, inside = cutmix(strong, label, confidence, inside, prob=ctx.cfg.cutmix_prob)
+        return strong, label, (confidence >= ctx.cfg.consistency_threshold).float() * inside
+
+    def step(self, batch_x: dict | None, batch_u: dict, net, teacher, step: int, logging: bool = False):
+        ctx, cfg = self.context, self.context.cfg
+        with ctx.timer("augment"):
+            images_x, masks_x = labeled_view(ctx, batch_x) if batch_x is not None else (None, None)
+            images_u, pseudo_u, inside = ctx.augment.geometric(batch_u["image"], batch_u["mask"],
+                                                              batch_u["valid"].float())
+            weak_u = ctx.augment.weak(images_u).clamp_(0, 1)
+        n_x, n_u = ctx.n_labeled, weak_u.shape[0]
+        with ctx.timer("compute"), ctx.autocast():
+            both = weak_u if images_x is None else torch.cat([images_x, weak_u])
+            logits, logits_fp = net(both, n_perturbed=n_u)
+        with ctx.timer("teacher"), torch.no_grad():
+            if cfg.unimatch_teacher == "ema":
+                with ctx.autocast():
+                    weak_logits = teacher(weak_u)
+            else:
+                weak_logits = logits[n_x:].detach()
+            confidence, label = weak_logits.float().softmax(dim=1).max(dim=1)
+        with ctx.timer("augment"):
+            strong_1, label_1, keep_1 = self._strong_view(images_u, label, confidence, inside)
+            strong_2, label_2, keep_2 = self._strong_view(images_u, label, confidence, inside)
+            keep = (confidence >= cfg.consistency_threshold).float() * inside
+        with ctx.timer("compute"):
+            with ctx.autocast():
+                logits_1, logits_2 = net(torch.cat([strong_1, strong_2])).chunk(2)
+            weights, dice = ctx.criterion.weights, cfg.dice_weight
+            loss_s = 0.5 * (unlabeled_loss(logits_1, label_1, keep_1, weights, dice)
+                            + unlabeled_loss(logits_2, label_2, keep_2, weights, dice))
+            loss_fp = unlabeled_loss(logits_fp, label, keep, weights, dice)
+            loss_u = 0.5 * loss_s + 0.5 * loss_fp
+            loss = cfg.consistency_weight * ctx.ramp(step) * loss_u
+            logs = {"loss_u_strong": loss_s.detach(), "loss_u_fp": loss_fp.detach(), "mask_ratio": keep.mean()}
+            if images_x is not None:
+                loss_x, parts = ctx.criterion(logits[:n_x], masks_x)
+                loss = loss + loss_x
+                logs.update(loss_x=loss_x.detach(), **parts)
+            if cfg.pseudo_labels and bool((pseudo_u != IGNORE_INDEX).any()):
+                loss_pseudo = ctx.criterion(logits[n_x:], pseudo_u)[0]
+                loss = loss + loss_pseudo
+                logs["loss_pseudo"] = loss_pseudo.detach()
+        if logging:
+            logs.update(class_mask_ratios(label, keep))
+        return loss, logs
+
+
+def class_mask_ratios(label: torch.Tensor, keep: torch.Tensor) -> dict:
+    """Share of each class among the confident unlabeled pixels (``train/mask_ratio_<class>``): a class that
+    collapses shows here first."""
+    kept = keep > 0
+    total = max(int(kept.sum()), 1)
+    counts = torch.bincount(label[kept], minlength=len(CLASS_NAMES))
+    return {f"mask_ratio_{name}": counts[i].float() / total for i, name in enumerate(CLASS_NAMES)}

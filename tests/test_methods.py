@@ -1,0 +1,100 @@
+"""Semi-supervised methods: each trains end to end on a tiny run and logs what shows its health."""
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ssl_seg.config import TrainConfig, check_config, load_config
+from ssl_seg.data.synthetic import write_dataset
+from ssl_seg.models import build_model
+from ssl_seg.train.loop import train
+from ssl_seg.train.methods import METHODS
+from ssl_seg.train.methods.base import StepContext, StepTimer
+from ssl_seg.train.methods.unimatch import FeaturePerturbed, class_mask_ratios, unlabeled_loss
+
+TINY = {"steps": 4, "batch_size": 4, "tile_size": 64, "val_every": 2, "log_every": 1, "warmup_steps": 1,
+        "num_workers": 0, "lr": 2e-3, "labeled_ratio": 0.5}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_dataset(root, labeled=4, unlabeled=4, test=0, size=(72, 96), seed=5, progress=False)
+    return root
+
+
+def scalars(run) -> set:
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def test_every_method_name_is_a_config_choice():
+    for name in METHODS:
+        check_config(TrainConfig(method=name))
+    with pytest.raises(ValueError, match="method"):
+        check_config(TrainConfig(method="fixmatch"))
+
+
+@pytest.mark.parametrize("model", ["unet-small", "segformer-tiny"])
+def test_unimatch_trains_and_logs_its_losses_and_class_mask_ratios(dataset, tmp_path, model):
+    cfg = load_config(None, {**TINY, "method": "unimatch", "model": model, "rampup_fraction": 0.5,
+                             "consistency_threshold": 0.0})
+    summary = train(cfg, dataset, tmp_path / "run", mode="pretrain", progress=False)
+    assert 0.0 <= summary["micro_jaccard_macerals"] <= 1.0
+    tags = scalars(tmp_path / "run")
+    assert {"train/loss_x", "train/loss_u_strong", "train/loss_u_fp", "train/mask_ratio",
+            "train/mask_ratio_liptinite", "time/teacher_s_per_step", "eval/micro_jaccard_macerals"} <= tags
+    state = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    assert state["config"]["method"] == "unimatch" and state["step"] == 4
+
+
+def test_unimatch_resumes_exactly(dataset, tmp_path):
+    cfg = load_config(None, {**TINY, "method": "unimatch", "model": "unet-small"})
+    train(cfg, dataset, tmp_path / "full", mode="pretrain", progress=False)
+    train(cfg, dataset, tmp_path / "split", mode="pretrain", progress=False, stop_after=1)
+    train(cfg, dataset, tmp_path / "split", mode="pretrain", progress=False, resume=True)
+    full, split = (torch.load(tmp_path / run / "latest.pth", weights_only=True)["model"] for run in ("full", "split"))
+    for key in full:
+        torch.testing.assert_close(full[key], split[key])
+
+
+def test_feature_perturbation_sits_between_encoder_and_decoder():
+    torch.manual_seed(0)
+    model = build_model("unet-small").eval()
+    net = FeaturePerturbed(model, p=0.5)
+    net.dropout.train()  # batch norm on running statistics: the clean part must equal the plain forward
+    x = torch.rand(3, 3, 32, 32)
+    clean, perturbed = net(x, n_perturbed=2)
+    assert clean.shape == (3, 4, 32, 32) and perturbed.shape == (2, 4, 32, 32)
+    torch.testing.assert_close(clean, model(x))  # the unperturbed part is the plain forward
+    assert not torch.allclose(perturbed, clean[1:])  # dropout of features changes the last two
+
+
+def test_unlabeled_loss_weighs_a_rare_class_as_much_as_background():
+    """Dice over the classes present: a liptinite pixel wrong costs more than one of 99 background pixels."""
+    label = torch.zeros(1, 10, 10, dtype=torch.long)
+    label[0, 0, 0] = 3
+    logits = torch.zeros(1, 4, 10, 10)
+    logits[:, 0] = 5.0  # background everywhere: the liptinite pixel is wrong
+    keep, weights = torch.ones(1, 10, 10), torch.ones(4)
+    wrong = unlabeled_loss(logits, label, keep, weights, dice_weight=1.0)
+    logits[0, 3, 0, 0] = 10.0
+    right = unlabeled_loss(logits, label, keep, weights, dice_weight=1.0)
+    assert wrong - right > 0.4  # half the Dice term (two classes present) follows the one pixel
+    assert unlabeled_loss(logits, label, torch.zeros_like(keep), weights, 1.0) == 0  # nothing kept: nothing learned
+
+
+def test_class_mask_ratios_are_shares_of_the_kept_pixels():
+    label = torch.tensor([[[0, 1], [3, 3]]])
+    keep = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    ratios = class_mask_ratios(label, keep)
+    assert ratios["mask_ratio_background"] == pytest.approx(1 / 3)
+    assert ratios["mask_ratio_inertinite"] == 0 and ratios["mask_ratio_liptinite"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("fraction, step, expected", [(0.0, 0, 1.0), (0.5, 50, 1.0), (0.5, 0, 0.0067), (0.5, 25, 0.2865)])
+def test_rampup_is_the_sigmoid_of_laine_and_aila(fraction, step, expected):
+    context = StepContext(TrainConfig(steps=100, rampup_fraction=fraction), torch.device("cpu"), None, None,
+                          StepTimer(torch.device("cpu")), 1)
+    assert context.ramp(step) == pytest.approx(expected, abs=1e-3)
