@@ -56,7 +56,7 @@ def run_seed(seed: int, args) -> dict:
     data = root / "data"
     height, width = args.size
     write_dataset(data, args.labeled, args.unlabeled, args.test, (height, width), seed, progress=False,
-                  magnification=2.5)
+                  magnification=2.5, unlabeled_truth=True)  # the truth: for TensorBoard's train/pseudo_jaccard only
     common = {"model": args.model, "batch_size": args.batch_size, "tile_size": args.tile_size, "lr": args.lr,
               "val_fraction": 0.0, "seed": seed, "num_workers": args.num_workers, "device": "cpu",
               "warmup_steps": max(1, args.steps // 20), "log_every": 10, "val_every": 10**9}

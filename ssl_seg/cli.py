@@ -1,20 +1,18 @@
-"""``ssl-seg <command>``: synth, finetune, pseudo-label, pretrain, predict, evaluate, report, demo."""
+"""ssl-seg <command>: semi-supervised segmentation of kerogen macerals. The loop, in order: synth, finetune,
+pseudo-label, pretrain, predict, evaluate, report; demo runs it all on procedural data."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ssl_seg.config import TrainConfig
-
-TRAIN_FLAGS = {  # flag -> config key; flags left out keep the YAML / default value
-    "model": str, "pretrained": str, "steps": int, "batch_size": int, "tile_size": int, "lr": float,
-    "seed": int, "device": str, "init": str, "val_dir": str, "binary_class": str, "num_workers": int,
-}
-
 
 def parse_size(text: str) -> tuple[int, int]:
     """``"1024x1360"`` -> (1024, 1360): height x width, for ``--size`` flags."""
@@ -36,27 +34,29 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    default = TrainConfig  # a flag left out keeps the --config value, else this default
+def config_flags(command: str) -> list[dataclasses.Field]:
+    """The TrainConfig fields that are flags of ``command`` (finetune: "train"; pretrain: "train" and "pretrain")."""
+    kinds = {"finetune": ("train",), "pretrain": ("train", "pretrain")}[command]
+    return [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("flag") in kinds]
+
+
+def _add_config_flag(parser: argparse.ArgumentParser, spec: dataclasses.Field) -> None:
+    """``--name`` from the field's declaration; left out, the --config value or this default stays."""
+    name, default, meta = "--" + spec.name.replace("_", "-"), spec.default, spec.metadata
+    shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
+    if isinstance(default, bool):
+        parser.add_argument(name, action="store_true", default=None, help=meta["help"])
+    else:
+        kind = type(default) if default is not None else str
+        parser.add_argument(name, type=kind, choices=meta["choices"], help=meta["help"] + shown)
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (SS2 layout or images/ + masks/)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints and TensorBoard logs (tb/)")
     parser.add_argument("--config", help="YAML training config, e.g. experiments/ss2_segformer.yaml")
-    parser.add_argument("--model", help="a registered model, e.g. segformer-tiny or unet-small (an unknown name lists "
-                        f"them all; README, Models) (default: {default.model})")
-    parser.add_argument("--pretrained", help="hub id or local folder of backbone weights")
-    parser.add_argument("--local-files-only", action="store_true", default=None,
-                        help="never reach the hub; load --pretrained from the local cache or folder")
-    parser.add_argument("--steps", type=int, help=f"optimizer steps (default: {default.steps})")
-    parser.add_argument("--batch-size", type=int, help=f"crops per step (default: {default.batch_size})")
-    parser.add_argument("--tile-size", type=int, help=f"training crop size in pixels (default: {default.tile_size})")
-    parser.add_argument("--lr", type=float, help=f"peak learning rate, cosine schedule (default: {default.lr})")
-    parser.add_argument("--seed", type=int, help=f"seed of the split, crops and augmentation (default: {default.seed})")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--init", help="checkpoint whose model weights start this run")
-    parser.add_argument("--val-dir", help="a separate validation dataset (default: a seeded split of --data)")
-    parser.add_argument("--binary-class", help="class of 0/255 binary masks in the labels folder, e.g. liptinite")
-    parser.add_argument("--num-workers", type=int,
-                        help=f"DataLoader workers reading and cropping images (default: {default.num_workers})")
+    for spec in config_flags(command):
+        _add_config_flag(parser, spec)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from latest.pth, with the settings it started with")
     parser.add_argument("--stop-after", type=int, metavar="STEPS",
@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("out", help="dataset folder to write (train/labeled, train/labels, train/unlabeled, test, ...)")
     p.add_argument("--labeled", type=int, default=8, help="scenes with masks")
-    p.add_argument("--unlabeled", type=int, default=64,
-                   help="scenes without masks (their truth in train/unlabeled_truth)")
+    p.add_argument("--unlabeled", type=int, default=64, help="scenes without masks")
+    p.add_argument("--unlabeled-truth", action="store_true",
+                   help="also write the unlabeled scenes' masks to train/unlabeled_truth/: pretrain logs how good "
+                        "its online pseudo-labels are against them (never trained on)")
     p.add_argument("--test", type=int, default=8, help="test scenes (answers in test_answers)")
     p.add_argument("--size", type=parse_size, default="256x320", help="HxW, e.g. 1024x1360")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
@@ -83,20 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("finetune", help="supervised training on the labeled masks")
-    _add_train_arguments(p)
-
-    p = sub.add_parser("pretrain", help="train a student on labeled and unlabeled images with a semi-supervised "
-                       "method (mean_teacher on pseudo-labels, or online unimatch)")
-    _add_train_arguments(p)
-    p.add_argument("--pseudo-labels", help="folder written by `ssl-seg pseudo-label`; without it the unlabeled "
-                   "images of --data are learned online, through the method's consistency alone")
-    p.add_argument("--labeled-ratio", type=float,
-                   help=f"share of each batch drawn from the labeled masks (default: {TrainConfig.labeled_ratio})")
+    _add_train_arguments(p, "finetune")
 
     p = sub.add_parser("pseudo-label", help="label unlabeled images with a teacher (+ DINOv2 / SAM / superpixels)")
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint (.pth or run folder)")
     p.add_argument("--images", required=True, help="folder of unlabeled images, or a dataset root")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="pseudo-label folder to write (docs/pseudo-label-folder.md)")
     p.add_argument("--config",
                    help="YAML config: refine, sam, superpixel_method, dinov2_features, pseudo_threshold, tta keys")
     p.add_argument("--refine", choices=["none", "superpixel", "sam"],
@@ -107,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dinov2", help="DINOv2 hub id or local folder: feature teacher fitted on --labeled")
     p.add_argument("--labeled", help="labeled dataset for the DINOv2 class prototypes")
     p.add_argument("--binary-class", help="class of 0/255 binary masks in the --labeled dataset")
-    p.add_argument("--local-files-only", action="store_true", default=None)
+    p.add_argument("--local-files-only", action="store_true", default=None,
+                   help="never reach the hub; load --sam and --dinov2 from the local cache or folder")
     p.add_argument("--threshold", type=float, help="confidence below which pixels are ignored (255) (default: 0.9)")
     p.add_argument("--class-balance", type=float,
                    help="each predicted class keeps at least this share of its most confident pixels "
@@ -120,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the files do not depend on it (default: 4 on CUDA, 1 on CPU)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("pretrain", help="train a student on labeled and unlabeled images with a semi-supervised "
+                       "method (mean_teacher on pseudo-labels, or online unimatch)")
+    _add_train_arguments(p, "pretrain")
 
     p = sub.add_parser("predict", help="write <id>_pred.npy masks for a folder of images",
                        formatter_class=DefaultsHelpFormatter)
@@ -136,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="score <id>_pred.npy against labels (micro Jaccard as in SS2)")
-    p.add_argument("--pred", required=True)
-    p.add_argument("--labels", required=True)
+    p.add_argument("--pred", required=True, help="folder of <id>_pred.npy masks (the --out of predict)")
+    p.add_argument("--labels", required=True, help="folder of the true masks (<id>_gt.npy or <id>.png/.npy)")
     p.add_argument("--binary-class", help="class of 0/255 binary label masks")
     p.add_argument("--json", help="also write the numbers to this JSON file")
 
@@ -148,22 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(p)
 
     p = sub.add_parser("demo", help="the whole loop on a procedural dataset, with a score table")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="demo_out", help="folder for the dataset, runs, predictions and report")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of every run")
     p.add_argument("--config", help="YAML with demo settings (default: the built-in demo budget)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def _train_config(args: argparse.Namespace):
     from ssl_seg.config import apply_overrides, load_config
 
-    overrides = {key: getattr(args, key) for key in TRAIN_FLAGS if getattr(args, key, None) is not None}
-    if args.local_files_only:
-        overrides["local_files_only"] = True
-    for key in ("pseudo_labels", "labeled_ratio"):
-        if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
+    overrides = {spec.name: getattr(args, spec.name) for spec in config_flags(args.command)
+                 if getattr(args, spec.name) is not None}
     base, latest = None, Path(args.out) / "latest.pth"
     if args.resume and latest.is_file():  # the run's own settings; flags given now override them
         from ssl_seg.train.checkpoint import load_checkpoint
@@ -179,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         from ssl_seg.data.synthetic import write_dataset
 
         summary = write_dataset(args.out, args.labeled, args.unlabeled, args.test, args.size, args.seed,
-                                progress=not args.no_progress, magnification=args.magnification)
+                                progress=not args.no_progress, magnification=args.magnification,
+                                unlabeled_truth=args.unlabeled_truth)
         print(json.dumps(summary, indent=2))
     elif args.command in ("finetune", "pretrain"):
         from ssl_seg.train.loop import train
@@ -198,15 +194,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "pseudo-label":
         from ssl_seg.pseudo.run import pseudo_label
 
-        from ssl_seg.config import apply_overrides, check_config, load_config
+        from ssl_seg.config import PseudoLabelConfig, apply_overrides, check_config, load_config
 
         flags = {"refine": args.refine, "sam": args.sam, "superpixel_method": args.superpixel,
                  "dinov2_features": args.dinov2, "device": args.device,
                  "pseudo_threshold": args.threshold, "pseudo_class_balance": args.class_balance,
                  "tta": args.tta, "infer_tile_size": args.tile_size,
                  "local_files_only": args.local_files_only, "binary_class": args.binary_class}
-        cfg = check_config(apply_overrides(load_config(args.config, {k: v for k, v in flags.items() if v is not None}),
-                                           args.set))
+        cfg = load_config(args.config, {k: v for k, v in flags.items() if v is not None}, base=PseudoLabelConfig())
+        cfg = check_config(apply_overrides(cfg, args.set))
         try:
             shard_index, shard_count = (int(v) for v in args.shard.split("/"))
         except ValueError:
@@ -249,8 +245,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sigterm_as_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = None
+    # predict and pseudo-label stop on SIGTERM (a scheduler's preemption) as on Ctrl-C: finished images are kept
+    if (args.command in ("predict", "pseudo-label") and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         return run(args)
     except ValueError as exc:  # bad input: DataError, TrainError, CheckpointError, ModelLoadError are ValueErrors
@@ -277,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssl-seg {args.command}: interrupted{done}; {how}", file=sys.stderr)
         return 130
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         dist = sys.modules.get("torch.distributed")  # not imported by evaluate or report: not needed then
         if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # a gloo group still alive at exit can abort the process (SIGABRT)

@@ -1,4 +1,6 @@
-"""Training configuration: one flat dataclass, read from YAML, overridden by flags and ``--set``.
+"""Configuration: flat dataclasses (training, pseudo-labelling), read from YAML, overridden by flags and
+``--set``. Each field is declared once, with its help and the values it takes (``setting``): argparse
+flags and ``check_config`` both read that declaration.
 
 Example:
     >>> cfg = TrainConfig()
@@ -17,65 +19,115 @@ from pathlib import Path
 import yaml
 
 
+def setting(default, help: str = "", check=None, wanted: str = "", choices: tuple | None = None,
+            flag: str | None = None):
+    """A config field declared once: its default, help, and what values it takes (``choices``, or ``check``
+    with the words ``wanted`` for the error). ``flag`` ("train" or "pretrain") also makes it a command-line
+    flag of those commands, ``--name-with-dashes``."""
+    if choices is not None:
+        check, wanted = (lambda v: v in choices), " or ".join(", ".join(map(str, choices)).rsplit(", ", 1))
+    metadata = {"help": help, "check": check, "wanted": wanted, "choices": choices, "flag": flag}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _at_least(n):
+    return lambda v: v >= n
+
+
+_POSITIVE, _NON_NEGATIVE, _UNIT = (lambda v: v > 0), (lambda v: v >= 0), (lambda v: 0 <= v <= 1)
+TTA_VIEWS = (1, 2, 8)
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of the loop (fine-tune, pseudo-label, pretrain); flat, like the YAML files."""
+    """Every setting of ``finetune`` and ``pretrain``; flat, like the YAML files."""
 
     # what is trained
-    model: str = "segformer-tiny"
-    pretrained: str | None = None          # hub id or local folder for the backbone weights
-    local_files_only: bool = False
-    init: str | None = None                # checkpoint whose model weights start this run
+    model: str = setting("segformer-tiny", "a registered model, e.g. segformer-tiny or unet-small (an unknown name "
+                         "lists them all; README, Models)", flag="train")
+    pretrained: str | None = setting(None, "hub id or local folder of backbone weights", flag="train")
+    local_files_only: bool = setting(False, "never reach the hub; load --pretrained from the local cache or folder",
+                                     flag="train")
+    init: str | None = setting(None, "checkpoint whose model weights start this run", flag="train")
     # schedule
-    steps: int = 600
-    batch_size: int = 8
-    tile_size: int = 256
-    lr: float = 6e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    backbone_lr_scale: float = 0.1         # pretrained DINOv2 backbones learn slower than the head
+    steps: int = setting(600, "optimizer steps", _at_least(1), "at least 1", flag="train")
+    batch_size: int = setting(8, "crops per step", _at_least(1), "at least 1", flag="train")
+    tile_size: int = setting(256, "training crop size in pixels", _at_least(32), "at least 32 pixels", flag="train")
+    lr: float = setting(6e-4, "peak learning rate, cosine schedule", _POSITIVE, "positive", flag="train")
+    weight_decay: float = setting(0.01, "AdamW weight decay", _NON_NEGATIVE, "0 or more")
+    warmup_steps: int = setting(50, "linear warm-up steps", _NON_NEGATIVE, "0 or more")
+    backbone_lr_scale: float = setting(0.1, "learning rate of a pretrained DINOv2 backbone relative to the head",
+                                       _POSITIVE, "positive")
     # loss
-    class_weights: str = "inverse_sqrt"    # inverse_sqrt | inverse | none: from labeled pixel frequencies
-    dice_weight: float = 0.5
-    # semi-supervised pretraining (``pretrain`` command)
-    pseudo_labels: str | None = None       # folder written by ``pseudo-label``
-    labeled_ratio: float = 0.25            # share of each batch drawn from the labeled masks
-    consistency_weight: float = 1.0
-    consistency_threshold: float = 0.9     # EMA-teacher confidence below which pixels are left out
-    cutmix_prob: float = 0.5
-    # strong | weak: colour jitter of the student's (strong) views of unlabeled crops; weak scored higher
-    # on the procedural benchmark (experiments/RESULTS.md, "student jitter")
-    student_jitter: str = "weak"
-    ema_decay: float = 0.99
-    method: str = "mean_teacher"           # mean_teacher | unimatch: pretrain's semi-supervised method
-    rampup_fraction: float = 0.0           # share of the steps over which unlabeled losses ramp up
-    feature_dropout: float = 0.5           # unimatch: Dropout2d between encoder and decoder
-    unimatch_teacher: str = "ema"          # unimatch: ema | own, whose weak-view prediction labels the strong views
-    # pseudo-labelling (``pseudo-label`` command)
-    refine: str = "none"                   # none | superpixel | sam (superpixels lowered the benchmark's pseudo-labels)
-    sam: str | None = None                 # SAM hub id or local folder, with refine: sam
-    superpixel_method: str = "slic"        # slic | felzenszwalb, with refine: superpixel
-    dinov2_features: str | None = None     # DINOv2 hub id or folder: feature teacher on the labeled masks
-    pseudo_threshold: float = 0.9          # confidence below which pseudo-label pixels are ignored
-    pseudo_class_balance: float = 0.0      # each class keeps at least this share of its pixels (0: off)
-    tta: int = 1                           # 1 | 2 | 8 flip/rot90 views at inference
-    infer_tile_size: int = 512             # sliding-window tile for prediction and pseudo-labelling
+    class_weights: str = setting("inverse_sqrt", "class weights of the loss, from labeled pixel frequencies",
+                                 choices=("inverse_sqrt", "inverse", "none"))
+    dice_weight: float = setting(0.5, "weight of Dice next to cross-entropy", _NON_NEGATIVE, "0 or more")
+    # semi-supervised pretraining (``pretrain``)
+    pseudo_labels: str | None = setting(None, "folder written by `ssl-seg pseudo-label`; without it the unlabeled "
+                                        "images of --data are learned online, through the method's consistency "
+                                        "alone", flag="pretrain")
+    labeled_ratio: float = setting(0.25, "share of each batch drawn from the labeled masks", _UNIT, "in [0, 1]",
+                                   flag="pretrain")
+    method: str = setting("mean_teacher", "semi-supervised method of pretrain (ssl_seg/train/methods/)",
+                          choices=("mean_teacher", "unimatch"))
+    consistency_weight: float = setting(1.0, "weight of the unlabeled consistency losses", _NON_NEGATIVE, "0 or more")
+    consistency_threshold: float = setting(0.9, "teacher confidence below which unlabeled pixels are left out",
+                                           _UNIT, "in [0, 1]")
+    cutmix_prob: float = setting(0.5, "probability of a CutMix box in each unlabeled crop", _UNIT, "in [0, 1]")
+    # weak scored higher on the procedural benchmark (experiments/RESULTS.md, "student jitter")
+    student_jitter: str = setting("weak", "colour jitter of the student's (strong) views of unlabeled crops",
+                                  choices=("strong", "weak"))
+    ema_decay: float = setting(0.99, "decay of the EMA teacher", lambda v: 0 <= v < 1, "in [0, 1)")
+    rampup_fraction: float = setting(0.0, "share of the steps over which unlabeled losses ramp up (sigmoid)",
+                                     _UNIT, "in [0, 1]")
+    feature_dropout: float = setting(0.5, "unimatch: Dropout2d between encoder and decoder",
+                                     lambda v: 0 <= v < 1, "in [0, 1)")
+    unimatch_teacher: str = setting("ema", "unimatch: whose weak-view prediction labels the strong views",
+                                    choices=("ema", "own"))
     # validation and logging
-    val_fraction: float = 0.2
-    val_dir: str | None = None             # a separate validation set (same layouts as --data)
-    val_every: int = 100
-    log_every: int = 10
-    image_every: int = 200
-    val_tta: int = 1
+    val_fraction: float = setting(0.2, "share of the labeled images held out for validation",
+                                  lambda v: 0 <= v < 1, "in [0, 1)")
+    val_dir: str | None = setting(None, "a separate validation dataset (default: a seeded split of --data)",
+                                  flag="train")
+    val_every: int = setting(100, "steps between validations and checkpoints", _at_least(1), "at least 1")
+    log_every: int = setting(10, "steps between TensorBoard scalars", _at_least(1), "at least 1")
+    image_every: int = setting(200, "steps between TensorBoard example panels", _at_least(1), "at least 1")
+    val_tta: int = setting(1, "flip/rot90 views averaged in validation", choices=TTA_VIEWS)
     # machinery
-    seed: int = 0
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    num_workers: int = 2
-    amp: bool = True                       # bf16 autocast on CUDA
-    channels_last: bool = False
-    compile: bool = False
-    binary_class: str | None = None        # class of 0/255 binary masks in the labels folder
-    extra: dict = field(default_factory=dict)
+    seed: int = setting(0, "seed of the split, crops and augmentation", flag="train")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", flag="train")
+    num_workers: int = setting(2, "DataLoader workers reading and cropping images", _NON_NEGATIVE, "0 or more",
+                               flag="train")
+    amp: bool = setting(True, "bf16 autocast on CUDA")
+    channels_last: bool = setting(False, "channels-last memory format")
+    compile: bool = setting(False, "torch.compile the network")
+    binary_class: str | None = setting(None, "class of 0/255 binary masks in the labels folder, e.g. liptinite",
+                                       flag="train")
+    extra: dict = setting({}, "free-form keys for experiments")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Every setting of ``pseudo-label``; may share a YAML file with ``TrainConfig``."""
+
+    refine: str = setting("none", "snap labels to image boundaries", choices=("none", "superpixel", "sam"))
+    sam: str | None = setting(None, "SAM hub id or local folder, with refine: sam")
+    superpixel_method: str = setting("slic", "superpixel algorithm of refine: superpixel",
+                                     choices=("slic", "felzenszwalb"))
+    dinov2_features: str | None = setting(None, "DINOv2 hub id or folder: feature teacher fitted on --labeled")
+    pseudo_threshold: float = setting(0.9, "confidence below which pixels are ignored (255)", _UNIT, "in [0, 1]")
+    pseudo_class_balance: float = setting(0.0, "each predicted class keeps at least this share of its most "
+                                          "confident pixels (0: off)", _UNIT, "in [0, 1]")
+    tta: int = setting(1, "flip/rot90 views averaged", choices=TTA_VIEWS)
+    infer_tile_size: int = setting(512, "sliding-window tile in pixels", _at_least(32), "at least 32 pixels")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    local_files_only: bool = setting(False, "never reach the hub")
+    binary_class: str | None = setting(None, "class of 0/255 binary masks in the --labeled dataset")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +189,15 @@ def apply_overrides(cfg, overrides: list[str] | dict, what: str = "config"):
     return dataclasses.replace(cfg, **changes)
 
 
+def _sibling_keys(cls) -> set[str]:
+    """Keys of the other config of a shared YAML file (TrainConfig <-> PseudoLabelConfig), not of ``cls``."""
+    pair = {TrainConfig: PseudoLabelConfig, PseudoLabelConfig: TrainConfig}
+    if cls not in pair:
+        return set()
+    own = {f.name for f in dataclasses.fields(cls)}
+    return {f.name for f in dataclasses.fields(pair[cls])} - own
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
                 base=None, what: str = "config"):
     """``base`` (default: ``TrainConfig()``; any config dataclass), then the YAML file (flat ``key: value``),
@@ -154,6 +215,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ValueError(f"config file {path} is not valid YAML{line}; fix it or leave --config out") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a flat mapping of key: value")
+        # a YAML file of a project holds training and pseudo-labelling keys: each command reads its own
+        siblings = _sibling_keys(type(cfg))
+        data = {key: value for key, value in data.items() if str(key).replace("-", "_") not in siblings}
         try:
             cfg = apply_overrides(cfg, data, what)
         except ValueError as error:
@@ -163,54 +227,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return cfg
 
 
-# (key, test, what the value must be): checked before a run writes anything, so that a bad
-# value fails in a second with one line instead of after hours of training.
-_CHECKS = (
-    ("steps", lambda v: v >= 1, "at least 1"),
-    ("batch_size", lambda v: v >= 1, "at least 1"),
-    ("tile_size", lambda v: v >= 32, "at least 32 pixels"),
-    ("infer_tile_size", lambda v: v >= 32, "at least 32 pixels"),
-    ("lr", lambda v: v > 0, "positive"),
-    ("weight_decay", lambda v: v >= 0, "0 or more"),
-    ("warmup_steps", lambda v: v >= 0, "0 or more"),
-    ("backbone_lr_scale", lambda v: v > 0, "positive"),
-    ("class_weights", lambda v: v in ("inverse_sqrt", "inverse", "none"), "inverse_sqrt, inverse or none"),
-    ("dice_weight", lambda v: v >= 0, "0 or more"),
-    ("labeled_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("consistency_weight", lambda v: v >= 0, "0 or more"),
-    ("consistency_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("cutmix_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("student_jitter", lambda v: v in ("strong", "weak"), "strong or weak"),
-    ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("method", lambda v: v in ("mean_teacher", "unimatch"), "mean_teacher or unimatch"),
-    ("rampup_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("feature_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("unimatch_teacher", lambda v: v in ("ema", "own"), "ema or own"),
-    ("refine", lambda v: v in ("none", "superpixel", "sam"), "none, superpixel or sam"),
-    ("superpixel_method", lambda v: v in ("slic", "felzenszwalb"), "slic or felzenszwalb"),
-    ("pseudo_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("pseudo_class_balance", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("tta", lambda v: v in (1, 2, 8), "1, 2 or 8"),
-    ("val_tta", lambda v: v in (1, 2, 8), "1, 2 or 8"),
-    ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("val_every", lambda v: v >= 1, "at least 1"),
-    ("log_every", lambda v: v >= 1, "at least 1"),
-    ("image_every", lambda v: v >= 1, "at least 1"),
-    ("num_workers", lambda v: v >= 0, "0 or more"),
-)
-
-
-def check_config(cfg: TrainConfig) -> TrainConfig:
-    """Refuse values no run can use (ValueError naming the key); returns ``cfg``.
+def check_config(cfg):
+    """Refuse values no run can use (ValueError naming the key), as each field declares; returns ``cfg``.
+    Checked before a run writes anything: a bad value fails in a second, not after hours of training.
 
     >>> check_config(TrainConfig(val_every=0))
     Traceback (most recent call last):
     ...
     ValueError: config key 'val_every' must be at least 1, got 0; fix it in --set, the flags or the YAML
     """
-    for key, ok, wanted in _CHECKS:
-        value = getattr(cfg, key)
-        if not ok(value):
-            raise ValueError(f"config key '{key}' must be {wanted}, got {value!r}; "
+    for spec in dataclasses.fields(cfg):
+        check, value = spec.metadata.get("check"), getattr(cfg, spec.name)
+        if check is not None and not check(value):
+            raise ValueError(f"config key '{spec.name}' must be {spec.metadata['wanted']}, got {value!r}; "
                              "fix it in --set, the flags or the YAML")
     return cfg

@@ -2,7 +2,10 @@
 
 import pytest
 
-from ssl_seg.config import apply_overrides, check_config, load_config, TrainConfig
+from ssl_seg.config import PseudoLabelConfig, apply_overrides, check_config, load_config, TrainConfig
+
+
+PSEUDO_KEYS = {"sam", "tta", "refine", "pseudo_threshold"}  # keys of pseudo-label's own config
 
 
 @pytest.mark.parametrize("override, key, expected", [
@@ -16,7 +19,8 @@ from ssl_seg.config import apply_overrides, check_config, load_config, TrainConf
     ("sam=null", "sam", None),
 ])
 def test_overrides_take_the_field_type(override, key, expected):
-    value = getattr(apply_overrides(TrainConfig(), [override]), key)
+    cfg = PseudoLabelConfig() if key in PSEUDO_KEYS else TrainConfig()
+    value = getattr(apply_overrides(cfg, [override]), key)
     assert value == expected and type(value) is type(expected)
 
 
@@ -42,7 +46,7 @@ def test_an_unknown_key_names_the_file_and_the_nearest_key(tmp_path, key, hint):
     config = tmp_path / "run.yaml"
     config.write_text(f"{key}: 3\n")
     with pytest.raises(ValueError, match=rf"config file {config}: unknown config key '{key}'; {hint}"):
-        load_config(config)
+        load_config(config, base=PseudoLabelConfig() if "pseudo" in hint else None)
 
 
 def test_flags_override_yaml_and_set_overrides_both(tmp_path):
@@ -67,10 +71,30 @@ def test_invalid_yaml_names_the_file_and_line(tmp_path):
                                       "num_workers=-1", "cutmix_prob=2"])
 def test_values_no_run_can_use_are_refused(override):
     key = override.split("=")[0]
-    cfg = apply_overrides(TrainConfig(), [override])
+    cfg = apply_overrides(PseudoLabelConfig() if key in PSEUDO_KEYS else TrainConfig(), [override])
     with pytest.raises(ValueError, match=f"config key '{key}' must be "):
         check_config(cfg)
 
 
 def test_default_config_passes_its_own_check():
     assert check_config(TrainConfig()) == TrainConfig()
+
+
+def test_a_shared_yaml_gives_each_command_its_own_keys(tmp_path):
+    config = tmp_path / "project.yaml"
+    config.write_text("steps: 7\nrefine: sam\ntta: 8\nseed: 2\n")
+    train, pseudo = load_config(config), load_config(config, base=PseudoLabelConfig())
+    assert (train.steps, train.seed) == (7, 2) and not hasattr(train, "refine")
+    assert (pseudo.refine, pseudo.tta) == ("sam", 8)
+
+
+def test_every_flag_is_declared_once_on_its_field():
+    """The finetune/pretrain flags come from TrainConfig's declarations: help and default agree."""
+    from ssl_seg.cli import build_parser, config_flags
+
+    flags = {spec.name for spec in config_flags("pretrain")}
+    assert {"model", "steps", "lr", "pseudo_labels", "labeled_ratio"} <= flags
+    assert "pseudo_labels" not in {spec.name for spec in config_flags("finetune")}
+    pretrain = next(a for a in build_parser()._subparsers._group_actions[0].choices["pretrain"]._actions
+                    if a.dest == "labeled_ratio")
+    assert pretrain.default is None and f"default: {TrainConfig.labeled_ratio}" in pretrain.help

@@ -19,7 +19,7 @@ TINY = {"steps": 4, "batch_size": 4, "tile_size": 64, "val_every": 2, "log_every
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth") / "data"
-    write_dataset(root, labeled=4, unlabeled=4, test=0, size=(72, 96), seed=5, progress=False)
+    write_dataset(root, labeled=4, unlabeled=4, test=0, size=(72, 96), seed=5, progress=False, unlabeled_truth=True)
     return root
 
 
@@ -44,7 +44,8 @@ def test_unimatch_trains_and_logs_its_losses_and_class_mask_ratios(dataset, tmp_
     assert 0.0 <= summary["micro_jaccard_macerals"] <= 1.0
     tags = scalars(tmp_path / "run")
     assert {"train/loss_x", "train/loss_u_strong", "train/loss_u_fp", "train/mask_ratio",
-            "train/mask_ratio_liptinite", "time/teacher_s_per_step", "eval/micro_jaccard_macerals"} <= tags
+            "train/mask_ratio_liptinite", "train/pseudo_jaccard", "time/teacher_s_per_step",
+            "eval/micro_jaccard_macerals"} <= tags
     state = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
     assert state["config"]["method"] == "unimatch" and state["step"] == 4
 
@@ -98,3 +99,25 @@ def test_rampup_is_the_sigmoid_of_laine_and_aila(fraction, step, expected):
     context = StepContext(TrainConfig(steps=100, rampup_fraction=fraction), torch.device("cpu"), None, None,
                           StepTimer(torch.device("cpu")), 1)
     assert context.ramp(step) == pytest.approx(expected, abs=1e-3)
+
+
+def test_pseudo_label_quality_scores_the_labels_against_the_truth_where_known():
+    from ssl_seg.train.methods.base import pseudo_label_quality
+
+    label, truth = torch.tensor([[[0, 1], [2, 3]]]), torch.tensor([[[0, 1], [2, 0]]])
+    keep = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])
+    scores = pseudo_label_quality(label, keep, torch.ones(1, 2, 2), truth)
+    assert scores == {"pseudo_jaccard": pytest.approx(2 / 3), "pseudo_jaccard_kept": 1.0}
+
+
+def test_procedural_truth_rides_along_but_is_never_a_target(dataset):
+    """Online pretraining on synth data carries the unlabeled truth for diagnostics; the targets stay ignored."""
+    from ssl_seg.train.data import crop_batches, training_sets
+    from ssl_seg.runtime import workers_released_on_exit
+
+    cfg = load_config(None, TINY)
+    sets = training_sets(cfg, dataset, "pretrain", say=False)
+    assert all(s.truth is not None and s.mask is None for s in sets.unlabeled)
+    with workers_released_on_exit() as released:
+        batch = next(crop_batches(sets.unlabeled, cfg, 2, 0, True, 0, 1, False, released))
+    assert (batch["mask"] == 255).all() and (batch["truth"] != 255).any()

@@ -48,7 +48,9 @@ class CropDataset(Dataset):
         self.seed = seed
         self.cache = cache
         self.pseudo = pseudo
+        self.with_truth = any(s.truth is not None for s in self.samples)
         self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._truths: dict[int, np.ndarray] = {}
         self._permutations: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -100,12 +102,27 @@ class CropDataset(Dataset):
                                    np.random.default_rng([self.seed, k]))
         else:
             valid = np.ones((self.crop_size, self.crop_size), np.uint8)
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image_crop.transpose(2, 0, 1))),
             "mask": torch.from_numpy(mask_crop.astype(np.int64)),
             "valid": torch.from_numpy(np.ascontiguousarray(valid)),
             "index": k,
         }
+        if self.with_truth:  # the same crop of the true mask, for the methods' pseudo-label diagnostics
+            _, truth_crop = random_crop(image, self._truth(self.sample_index(k), image.shape[:2]), self.crop_size,
+                                        np.random.default_rng([self.seed, k]))
+            item["truth"] = torch.from_numpy(truth_crop.astype(np.int64))
+        return item
+
+    def _truth(self, position: int, shape: tuple[int, int]) -> np.ndarray:
+        truth = self._truths.get(position)
+        if truth is None:
+            sample = self.samples[position]
+            truth = (read_mask(sample.truth) if sample.truth is not None
+                     else np.full(shape, IGNORE_INDEX, dtype=np.uint8))
+            if self.cache:
+                self._truths[position] = truth
+        return truth
 
 
 class DrawSampler(Sampler[int]):

@@ -48,6 +48,7 @@ class Sample:
     image: Path
     mask: Path | None = None
     binary_class: int | None = None
+    truth: Path | None = None  # an unlabeled image's true mask (procedural data): diagnostics only, never trained on
 
     def read_image(self) -> np.ndarray:
         return read_image(self.image)

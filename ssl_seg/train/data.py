@@ -92,7 +92,9 @@ def training_sets(cfg: TrainConfig, data: str | Path, mode: str, say: bool) -> T
     if mode == "pretrain" and cfg.pseudo_labels:
         unlabeled = pseudo_samples(Path(cfg.pseudo_labels))
     elif mode == "pretrain" and index.unlabeled:  # online only: all-ignore targets, the method's losses alone
-        unlabeled = [Sample(id=path.stem, image=path) for path in index.unlabeled]
+        truths = Path(data) / "train" / "unlabeled_truth"  # written by `ssl-seg synth`: diagnostics only
+        unlabeled = [Sample(id=path.stem, image=path, truth=truth if (truth := truths / f"{path.stem}_gt.npy").is_file()
+                            else None) for path in index.unlabeled]
     elif mode == "pretrain":
         raise TrainError(f"{data} has no unlabeled images; pass --pseudo-labels DIR (the output of "
                          "`ssl-seg pseudo-label`) or add images to its unlabeled folder")

@@ -26,7 +26,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ssl_seg import CLASS_NAMES
 from ssl_seg.augment import TrainAugment
 from ssl_seg.config import TrainConfig, check_config
-from ssl_seg.data.io import read_image
+from ssl_seg.data.io import read_image, remove_stale_temporaries
 from ssl_seg.errors import TrainError, TrainingInterrupted
 from ssl_seg.models import build_model, model_spec
 from ssl_seg.runtime import resolve_device, setup_distributed, stop_on_interrupt, workers_released_on_exit
@@ -130,6 +130,12 @@ def prepare(cfg: TrainConfig, out: Path, mode: str, resume: bool, stop_after: in
     device = resolve_device(cfg.device, local_rank)
     if (out / "latest.pth").exists() and not resume:
         raise TrainError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if rank == 0 and remove_stale_temporaries(out):  # what a run killed while saving left (as large as a checkpoint)
+        print(f"ssl-seg {mode}: removed unfinished checkpoint temporaries in {out}", file=sys.stderr)
+    others = sorted(path.name for path in out.glob("[!.]*.pth")) if not (out / "latest.pth").exists() else []
+    if others:  # a best.pth (or a copied checkpoint) without latest.pth is no run to resume, and no file to overwrite
+        raise TrainError(f"{out} holds {', '.join(others)} but no latest.pth, so there is no run to resume and a new "
+                         "one would overwrite it; choose another --out, or move the file away")
     if resume and not (out / "latest.pth").exists() and rank == 0:  # a requeued job may always pass --resume
         print(f"ssl-seg {mode}: no run in {out} to resume (no latest.pth); starting a new one", file=sys.stderr)
     return cfg, rank, world, device

@@ -18,7 +18,7 @@ from torch import nn
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX
 from ssl_seg.augment import cutmix
-from ssl_seg.train.methods.base import StepContext
+from ssl_seg.train.methods.base import StepContext, pseudo_label_quality
 from ssl_seg.train.methods.supervised import labeled_view
 
 
@@ -79,8 +79,9 @@ class UniMatch:
         ctx, cfg = self.context, self.context.cfg
         with ctx.timer("augment"):
             images_x, masks_x = labeled_view(ctx, batch_x) if batch_x is not None else (None, None)
-            images_u, pseudo_u, inside = ctx.augment.geometric(batch_u["image"], batch_u["mask"],
-                                                              batch_u["valid"].float())
+            known = (batch_u["truth"],) if "truth" in batch_u else ()  # procedural data: for diagnostics only
+            images_u, pseudo_u, inside, *truth = ctx.augment.geometric(batch_u["image"], batch_u["mask"],
+                                                                      batch_u["valid"].float(), *known)
             weak_u = ctx.augment.weak(images_u).clamp_(0, 1)
         n_x, n_u = ctx.n_labeled, weak_u.shape[0]
         with ctx.timer("compute"), ctx.autocast():
@@ -117,6 +118,8 @@ class UniMatch:
                 logs["loss_pseudo"] = loss_pseudo.detach()
         if logging:
             logs.update(class_mask_ratios(label, keep))
+            if truth:
+                logs.update(pseudo_label_quality(label, keep, inside, truth[0]))
         return loss, logs
 
 
