@@ -69,15 +69,17 @@ def run_seed(seed: int, args) -> dict:
                                  "labeled_ratio": 0.5, "method": method, "rampup_fraction": args.rampup,
                                  "consistency_threshold": args.threshold}, )
         cfg = load_config(None, args.set, base=cfg)
-        rows[method] = arm_score(data, root / method, cfg, "pretrain", 256)
+        arm = method + args.tag
+        rows[arm] = arm_score(data, root / arm, cfg, "pretrain", 256)
     return {arm: row["micro_jaccard_macerals"] for arm, row in rows.items()}
 
 
-def table(results: dict[int, dict], methods: list[str]) -> str:
+def table(results: dict[int, dict], methods: list[str], tag: str = "") -> str:
     arms = list(next(iter(results.values())))
     lines = ["seed  " + "  ".join(f"{arm:>15}" for arm in arms)]
     lines += [f"{seed:>4}  " + "  ".join(f"{row[arm]:>15.4f}" for arm in arms) for seed, row in results.items()]
     for method in methods:
+        method += tag
         gains = [100 * (row[method] - max(v for k, v in row.items() if k.startswith("supervised")))
                  for row in results.values()]
         error = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
@@ -106,15 +108,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[192, 256], metavar=("H", "W"))
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config keys of the SSL arms")
+    parser.add_argument("--tag", default="", help="suffix of the SSL arms' folder and column names, for variants "
+                        "(e.g. --tag=-own --set unimatch_teacher=own); the supervised arms are shared")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget, to check the script runs")
     args = parser.parse_args()
     if args.smoke:
         args.seeds, args.steps, args.unlabeled, args.test, args.size, args.tile_size = [0], 3, 4, 2, [64, 80], 64
         args.budgets, args.labeled, args.batch_size = [1], 3, 2
     results = {seed: run_seed(seed, args) for seed in args.seeds}
-    text = table(results, args.methods)
+    text = table(results, args.methods, args.tag)
     print(text)
-    save_json(Path(args.out) / "results.json", {"args": vars(args), "scores": results, "table": text,
+    save_json(Path(args.out) / f"results{args.tag}.json", {"args": vars(args), "scores": results, "table": text,
                                                 "command": " ".join(sys.argv)})
 
 

@@ -84,6 +84,9 @@ class TrainConfig:
                                      _UNIT, "in [0, 1]")
     feature_dropout: float = setting(0.5, "unimatch: Dropout2d between encoder and decoder",
                                      lambda v: 0 <= v < 1, "in [0, 1)")
+    consistency_class_balance: float = setting(0.0, "unimatch: each class of the weak view keeps at least this "
+                                               "share of its most confident pixels, below the threshold if need be",
+                                               _UNIT, "in [0, 1]")
     unimatch_teacher: str = setting("ema", "unimatch: whose weak-view prediction labels the strong views",
                                     choices=("ema", "own"))
     # validation and logging

@@ -10,7 +10,7 @@ from ssl_seg.models import build_model
 from ssl_seg.train.loop import train
 from ssl_seg.train.methods import METHODS
 from ssl_seg.train.methods.base import StepContext, StepTimer
-from ssl_seg.train.methods.unimatch import FeaturePerturbed, class_mask_ratios, unlabeled_loss
+from ssl_seg.train.methods.unimatch import FeaturePerturbed, class_mask_ratios, confident_pixels, unlabeled_loss
 
 TINY = {"steps": 4, "batch_size": 4, "tile_size": 64, "val_every": 2, "log_every": 1, "warmup_steps": 1,
         "num_workers": 0, "lr": 2e-3, "labeled_ratio": 0.5}
@@ -84,6 +84,18 @@ def test_unlabeled_loss_weighs_a_rare_class_as_much_as_background():
     right = unlabeled_loss(logits, label, keep, weights, dice_weight=1.0)
     assert wrong - right > 0.4  # half the Dice term (two classes present) follows the one pixel
     assert unlabeled_loss(logits, label, torch.zeros_like(keep), weights, 1.0) == 0  # nothing kept: nothing learned
+
+
+def test_class_balance_keeps_a_share_of_every_predicted_class_below_the_threshold():
+    confidence = torch.rand(2, 16, 16) * 0.8  # nothing reaches the threshold
+    label = torch.randint(0, 4, (2, 16, 16))
+    assert confident_pixels(confidence, label, 0.9).sum() == 0
+    keep = confident_pixels(confidence, label, 0.9, class_balance=0.25)
+    for c in range(4):
+        share = keep[label == c].mean().item()
+        assert 0.2 <= share <= 0.3, (c, share)
+    with pytest.raises(ValueError, match="consistency_class_balance"):
+        check_config(TrainConfig(consistency_class_balance=1.5))
 
 
 def test_class_mask_ratios_are_shares_of_the_kept_pixels():

@@ -5,7 +5,8 @@ Per step: the labeled crops and the weak view of the unlabeled crops go through 
 encoder features are also decoded a second time under ``Dropout2d(feature_dropout)``; the weak view's
 prediction (the EMA teacher's, or the model's own with ``unimatch_teacher: own``) labels two strong views
 (CutMixed within the batch, independently) and the perturbed branch. Unlabeled losses are class-weighted
-cross-entropy + Dice over confident pixels, so that background (most pixels) does not outweigh macerals;
+cross-entropy + Dice over confident pixels (with ``consistency_class_balance``, also each class's most
+confident share), so that background (most pixels) does not outweigh macerals;
 they are ramped up over ``rampup_fraction`` of the run. Pseudo-labels from ``pseudo-label``, where given,
 supervise the weak view as well.
 """
@@ -69,11 +70,10 @@ class UniMatch:
     def network(self, model):
         return FeaturePerturbed(model, self.context.cfg.feature_dropout)
 
-    def _strong_view(self, images_u, label, confidence, inside):
+    def _strong_view(self, images_u, label, keep):
         ctx = self.context
         strong = ctx.augment.student(images_u).clamp_(0, 1)
-        strong, label, confidence, inside = cutmix(strong, label, confidence, inside, prob=ctx.cfg.cutmix_prob)
-        return strong, label, (confidence >= ctx.cfg.consistency_threshold).float() * inside
+        return cutmix(strong, label, keep, prob=ctx.cfg.cutmix_prob)
 
     def step(self, batch_x: dict | None, batch_u: dict, net, teacher, step: int, logging: bool = False):
         ctx, cfg = self.context, self.context.cfg
@@ -94,10 +94,11 @@ class UniMatch:
             else:
                 weak_logits = logits[n_x:].detach()
             confidence, label = weak_logits.float().softmax(dim=1).max(dim=1)
+            keep = confident_pixels(confidence, label, cfg.consistency_threshold,
+                                    cfg.consistency_class_balance) * inside
         with ctx.timer("augment"):
-            strong_1, label_1, keep_1 = self._strong_view(images_u, label, confidence, inside)
-            strong_2, label_2, keep_2 = self._strong_view(images_u, label, confidence, inside)
-            keep = (confidence >= cfg.consistency_threshold).float() * inside
+            strong_1, label_1, keep_1 = self._strong_view(images_u, label, keep)
+            strong_2, label_2, keep_2 = self._strong_view(images_u, label, keep)
         with ctx.timer("compute"):
             with ctx.autocast():
                 logits_1, logits_2 = net(torch.cat([strong_1, strong_2])).chunk(2)
@@ -121,6 +122,26 @@ class UniMatch:
             if truth:
                 logs.update(pseudo_label_quality(label, keep, inside, truth[0]))
         return loss, logs
+
+
+def confident_pixels(confidence: torch.Tensor, label: torch.Tensor, threshold: float, class_balance: float = 0.0):
+    """1 where the weak view's ``confidence`` reaches ``threshold``; with ``class_balance`` > 0, each predicted
+    class also keeps the most confident ``class_balance`` share of its pixels, so that a class the teacher is
+    never sure of (early in a from-scratch run, the macerals) is still taught; the online, per-batch
+    counterpart of ``pseudo.refine.class_balanced_confidence``. It hurt in experiments/RESULTS.md, so 0 is the default.
+
+    >>> confidence = torch.tensor([[[0.99, 0.95, 0.6, 0.4]]])
+    >>> label = torch.tensor([[[0, 0, 1, 1]]])
+    >>> confident_pixels(confidence, label, 0.9).tolist(), confident_pixels(confidence, label, 0.9, 0.5).tolist()
+    ([[[1.0, 1.0, 0.0, 0.0]]], [[[1.0, 1.0, 1.0, 0.0]]])
+    """
+    keep = confidence >= threshold
+    if class_balance > 0:
+        for c in label.unique():
+            of_class = label == c
+            floor = torch.quantile(confidence[of_class].float(), 1.0 - class_balance)
+            keep |= of_class & (confidence >= floor)
+    return keep.float()
 
 
 def class_mask_ratios(label: torch.Tensor, keep: torch.Tensor) -> dict:
