@@ -250,7 +250,11 @@ def _sigterm_as_ctrl_c(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would report these as the top-level parser's, without the command's name
+        parser._subparsers._group_actions[0].choices[args.command].error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     previous = None
     # predict and pseudo-label stop on SIGTERM (a scheduler's preemption) as on Ctrl-C: finished images are kept
     if (args.command in ("predict", "pseudo-label") and threading.current_thread() is threading.main_thread()

@@ -79,3 +79,12 @@ def test_every_option_has_help(command, option):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     action = next(a for a in sub._actions if option in a.option_strings)
     assert action.help and len(action.help) > 8
+
+
+@pytest.mark.parametrize("command", ["synth", "finetune", "pseudo-label", "pretrain", "predict", "evaluate", "report",
+                                     "demo"])
+def test_a_usage_error_names_its_command_and_exits_2(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--no-such-flag"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and last.startswith(f"ssl-seg {command}: error: "), last
