@@ -8,8 +8,10 @@ Each seed writes its own procedural dataset (``--labeled`` labeled, ``--unlabele
 
 - ``supervised@Kx``: ``finetune`` on the labeled masks for K times ``--steps`` (``--budgets``, default 1 2),
   batches of ``--batch-size`` labeled crops;
-- ``<method>``: ``pretrain`` online (no pseudo-labels) for ``--steps``, batches of ``--batch-size``
-  labeled plus as many unlabeled crops (``labeled_ratio`` 0.5 of twice the batch).
+- ``<method>`` (``--methods``: unimatch, copy_paste, mean_teacher): ``pretrain`` online (no
+  pseudo-labels) for ``--steps``, batches of ``--batch-size`` labeled plus as many unlabeled crops
+  (``labeled_ratio`` 0.5 of twice the batch). Each prints its online pseudo-labels' health by quarter
+  of the run (maceral Jaccard against the unlabeled truth, kept share, each maceral's share of the kept).
 
 No validation split (8 labeled images are too few to pick a checkpoint by): every arm is scored at its
 last step, on the test scenes, by the SS2 metric on the maceral classes (foreground micro Jaccard).
@@ -26,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from ssl_seg import CLASS_NAMES
 from ssl_seg.config import load_config
 from ssl_seg.data.io import save_json
 from ssl_seg.data.synthetic import write_dataset
@@ -51,6 +54,25 @@ def arm_score(data: Path, run: Path, cfg, mode: str, tile_size: int) -> dict:
     return out
 
 
+def pseudo_label_curve(run: Path) -> dict:
+    """The online pseudo-labels' health by quarter of the run, from TensorBoard: their maceral Jaccard
+    against the unlabeled truth, the kept share of pixels and each maceral's share of the kept ones."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = ["train/pseudo_jaccard", "train/mask_ratio"] + [f"train/mask_ratio_{c}" for c in CLASS_NAMES[1:]]
+    curve = {}
+    for tag in tags:
+        if tag not in events.Tags()["scalars"]:
+            continue
+        values = [(e.step, e.value) for e in events.Scalars(tag)]
+        last = max(step for step, _ in values)
+        quarters = [[v for step, v in values if q * last / 4 < step <= (q + 1) * last / 4] for q in range(4)]
+        curve[tag.removeprefix("train/")] = [round(statistics.mean(q), 3) if q else None for q in quarters]
+    return curve
+
+
 def run_seed(seed: int, args) -> dict:
     root = Path(args.out) / f"seed{seed}"
     data = root / "data"
@@ -71,6 +93,7 @@ def run_seed(seed: int, args) -> dict:
         cfg = load_config(None, args.set, base=cfg)
         arm = method + args.tag
         rows[arm] = arm_score(data, root / arm, cfg, "pretrain", 256)
+        print(f"seed {seed} {arm}: pseudo-labels by quarter of the run {pseudo_label_curve(root / arm)}")
     return {arm: row["micro_jaccard_macerals"] for arm, row in rows.items()}
 
 

@@ -1,5 +1,5 @@
 """ssl-seg <command>: semi-supervised segmentation of kerogen macerals. The loop, in order: synth, finetune,
-pseudo-label, pretrain, predict, evaluate, report; demo runs it all on procedural data."""
+pseudo-label, pretrain, predict, evaluate, export, report; demo runs it all on procedural data."""
 
 from __future__ import annotations
 
@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pseudo-label", help="label unlabeled images with a teacher (+ DINOv2 / SAM / superpixels)")
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint (.pth or run folder)")
-    p.add_argument("--images", required=True, help="folder of unlabeled images, or a dataset root")
+    p.add_argument("--images", required=True, nargs="+", metavar="IMAGES",
+                   help="folders of unlabeled images, dataset roots, or .txt files listing image paths (one a line); "
+                        "ids (file names without suffix) must be unique across them")
     p.add_argument("--out", required=True, help="pseudo-label folder to write (docs/pseudo-label-folder.md)")
     p.add_argument("--config",
                    help="YAML config: refine, sam, superpixel_method, dinov2_features, pseudo_threshold, tta keys")
@@ -139,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="folder of the true masks (<id>_gt.npy or <id>.png/.npy)")
     p.add_argument("--binary-class", help="class of 0/255 binary label masks")
     p.add_argument("--json", help="also write the numbers to this JSON file")
+
+    p = sub.add_parser("export", help="write a SegFormer or DINOv2 checkpoint as a folder that transformers loads "
+                                      "(from_pretrained, push_to_hub)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth or run folder)")
+    p.add_argument("--out", required=True, help="new folder: config.json, model.safetensors, preprocessor_config.json")
 
     from ssl_seg.report.cli import add_arguments as add_report_arguments
 
@@ -234,6 +241,11 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(result))
         if args.json:  # strict JSON: NaN (a class absent from truth and prediction) becomes null
             save_json(args.json, json.loads(json.dumps(result), parse_constant=lambda _: None))
+    elif args.command == "export":
+        from ssl_seg.export import export_checkpoint
+
+        print(f"wrote {export_checkpoint(args.checkpoint, args.out)}: transformers' AutoModelForSemanticSegmentation"
+              ".from_pretrained loads it (its README.md shows how)")
     elif args.command == "report":
         from ssl_seg.report.cli import run as run_report
 

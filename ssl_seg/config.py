@@ -71,7 +71,7 @@ class TrainConfig:
     labeled_ratio: float = setting(0.25, "share of each batch drawn from the labeled masks", _UNIT, "in [0, 1]",
                                    flag="pretrain")
     method: str = setting("mean_teacher", "semi-supervised method of pretrain (ssl_seg/train/methods/)",
-                          choices=("mean_teacher", "unimatch"))
+                          choices=("mean_teacher", "unimatch", "copy_paste"), flag="pretrain")
     consistency_weight: float = setting(1.0, "weight of the unlabeled consistency losses", _NON_NEGATIVE, "0 or more")
     consistency_threshold: float = setting(0.9, "teacher confidence below which unlabeled pixels are left out",
                                            _UNIT, "in [0, 1]")
@@ -89,6 +89,12 @@ class TrainConfig:
                                                _UNIT, "in [0, 1]")
     unimatch_teacher: str = setting("ema", "unimatch: whose weak-view prediction labels the strong views",
                                     choices=("ema", "own"))
+    copy_paste_box: float = setting(2 / 3, "copy_paste: side of the pasted box, as a share of the crop's sides",
+                                    lambda v: 0 < v < 1, "in (0, 1)")
+    copy_paste_warmup: float = setting(0.25, "copy_paste: share of the steps that paste labeled crops into each "
+                                       "other only, before the teacher's pseudo-labels are used", _UNIT, "in [0, 1]")
+    copy_paste_unlabeled_weight: float = setting(0.5, "copy_paste: loss weight of a pseudo-labeled pixel "
+                                                 "(a labeled one weighs 1)", _NON_NEGATIVE, "0 or more")
     # validation and logging
     val_fraction: float = setting(0.2, "share of the labeled images held out for validation",
                                   lambda v: 0 <= v < 1, "in [0, 1)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 from ssl_seg.config import load_config
-from ssl_seg.data.io import save_json
+from ssl_seg.data.io import output_folder, save_json
 
 
 @dataclass
@@ -135,12 +135,12 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, config: str | Path | N
     from ssl_seg.pseudo.run import pseudo_label
     from ssl_seg.report import build_report
 
+    out = output_folder(out)
     demo = DemoConfig.from_yaml(config)
     if not demo.supervised_only and (demo.teacher_steps <= 0 or demo.pretrain_steps <= 0
                                      or demo.teacher_steps + demo.pretrain_steps > demo.total_steps):
         raise ValueError(f"demo config {config}: teacher_steps and pretrain_steps must be positive and sum to at "
                          f"most total_steps ({demo.total_steps})")
-    out = Path(out)
     _check_same_demo(out, seed, demo)
     data = out / "data"
     started = time.perf_counter()

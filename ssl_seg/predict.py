@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from ssl_seg.data.images import decoded_images, same_image
-from ssl_seg.data.io import changed_settings, overlay, save_jpg, save_json, save_npy
+from ssl_seg.data.io import changed_settings, output_folder, overlay, save_jpg, save_json, save_npy
 from ssl_seg.data.layout import list_images
 from ssl_seg.errors import DataError, one_line
 from ssl_seg.inference import predict_proba, to_tensor
@@ -27,10 +27,10 @@ def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, 
     """Write ``<id>_pred.npy`` (uint8, the image's full shape, values 0..3) for every image."""
     if tile_size < 32:
         raise ValueError(f"--tile-size must be at least 32 pixels, got {tile_size}")
+    out = output_folder(out)
     device_ = resolve_device(device)
     model, _ = load_model(checkpoint, device_)
     paths = list_images(images)
-    out = Path(out)
     settings = {"checkpoint_sha256": file_sha256(checkpoint_file(checkpoint)), "tta": tta, "tile_size": tile_size}
     record = out / "predict.json"  # absent in folders of ssl_seg 0.1.4 and earlier
     changed = changed_settings(record, settings) if record.is_file() else []

@@ -2,11 +2,60 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ssl_seg import CLASS_NAMES, PALETTE
 from ssl_seg.data.io import overlay
+
+
+@contextlib.contextmanager
+def summary_writer(folder: str | Path, **kwargs):
+    """A ``SummaryWriter`` on ``folder``, closed however the block ends. A failed write (a full disk, a folder
+    that cannot be written) is one ``OSError`` naming ``folder``: TensorBoard's writer thread would print its
+    own traceback and hand the main thread an error without a path.
+
+    >>> with summary_writer(tmp / "tb") as writer:  # doctest: +SKIP
+    ...     writer.add_scalar("train/loss", 0.5, 1)
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder, failures, hook = Path(folder), [], threading.excepthook
+
+    def quiet(args):  # the writer thread's failure reaches the main thread at its next write: say it once, there
+        if type(args.thread).__name__ == "_AsyncWriterThread":
+            failures.append(args.exc_value)
+        else:
+            hook(args)
+
+    threading.excepthook = quiet
+    writer = None
+    try:
+        writer = SummaryWriter(str(folder), **kwargs)
+        yield writer
+        writer.close()
+    except OSError as exc:
+        if writer is None or exc in failures or raised_in_tensorboard(exc):
+            raise OSError(exc.errno, f"TensorBoard log cannot be written ({exc.strerror or exc})", str(folder)) from None
+        raise
+    finally:
+        if writer is not None:
+            with contextlib.suppress(Exception):  # closed above, or the block failed: keep its error
+                writer.close()
+        threading.excepthook = hook
+
+
+def raised_in_tensorboard(exc: BaseException) -> bool:
+    frame = exc.__traceback__
+    while frame is not None:
+        if "tensorboard" in frame.tb_frame.f_code.co_filename:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def legend_strip(width: int, height: int = 18, ignored: bool = True) -> np.ndarray:

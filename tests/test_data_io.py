@@ -97,19 +97,19 @@ def test_read_image_float_rounding_and_non_finite_values_keep_the_range(tmp_path
     np.testing.assert_array_equal(read_image(tmp_path / "float.tif")[0, :, 0], [0, 51, 128, 255, 255, 0])
 
 
-def test_a_12_bit_image_in_a_16_bit_file_warns_once_and_keeps_the_fixed_scale(tmp_path: Path, monkeypatch) -> None:
-    import warnings
-
+def test_a_12_bit_image_in_a_16_bit_file_warns_once_and_keeps_the_fixed_scale(tmp_path: Path, monkeypatch,
+                                                                             capsys) -> None:
     monkeypatch.setattr("ssl_seg.data.io._warned_12_bit", False)
     values = np.array([[0, 1000, 2000, 4095]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "camera.tif")
     Image.fromarray(values // 2).save(tmp_path / "camera2.tif")
-    with pytest.warns(UserWarning, match=r"camera\.tif: 16-bit with values only up to 4095 .* multiplied by 16"):
-        image = read_image(tmp_path / "camera.tif")
+    image = read_image(tmp_path / "camera.tif")
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and said.startswith(f"ssl-seg: image {tmp_path / 'camera.tif'}: 16-bit with values "
+                                                     "only up to 4095") and "multiplied by 16" in said, said
     np.testing.assert_array_equal(image[0, :, 0], np.rint(values[0] / 65535 * 255).astype(np.uint8))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        read_image(tmp_path / "camera2.tif")  # said once for all
+    read_image(tmp_path / "camera2.tif")
+    assert capsys.readouterr().err == ""  # said once for all
 
 
 def test_read_image_16bit_rgb_tiff(tmp_path: Path) -> None:
@@ -120,6 +120,23 @@ def test_read_image_16bit_rgb_tiff(tmp_path: Path) -> None:
     image = read_image(tmp_path / "rgb16.tif")
     assert image.shape == (4, 5, 3)
     assert tuple(image[0, 0]) in {(255, 128, 0), (255, 127, 0)}
+
+
+def test_a_16_bit_rgb_tiff_keeps_its_low_byte_and_its_orientation(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Pillow opens chunky 16-bit RGB TIFFs as 8-bit (high byte only): 400 would read as 1, not 2, and a
+    12-bit camera's file would pass without the 12-bit word."""
+    import tifffile
+
+    monkeypatch.setattr("ssl_seg.data.io._warned_12_bit", False)
+    rgb16 = np.zeros((4, 6, 3), np.uint16)
+    rgb16[0, :, 0] = [0, 383, 400, 1000, 2900, 4095]  # a 12-bit camera, scaled by 65535 -> 255: 0 1 2 4 11 16
+    tifffile.imwrite(tmp_path / "rgb12.tif", rgb16, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    image = read_image(tmp_path / "rgb12.tif")
+    upright = np.rot90(rgb16, -1)  # orientation 6: turned a quarter clockwise to view
+    assert image.shape == (6, 4, 3) and image_size(tmp_path / "rgb12.tif") == (6, 4)
+    np.testing.assert_array_equal(image, np.rint(upright / 65535 * 255).astype(np.uint8))
+    assert image[:, -1, 0].tolist() == [0, 1, 2, 4, 11, 16]
+    assert "16-bit with values only up to 4095" in capsys.readouterr().err
 
 
 def test_read_image_16bit_planar_tiff(tmp_path: Path) -> None:

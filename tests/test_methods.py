@@ -10,7 +10,9 @@ from ssl_seg.models import build_model
 from ssl_seg.train.loop import train
 from ssl_seg.train.methods import METHODS
 from ssl_seg.train.methods.base import StepContext, StepTimer
-from ssl_seg.train.methods.unimatch import FeaturePerturbed, class_mask_ratios, confident_pixels, unlabeled_loss
+from ssl_seg.train.losses import pixel_weighted_loss
+from ssl_seg.train.methods.base import class_mask_ratios
+from ssl_seg.train.methods.unimatch import FeaturePerturbed, confident_pixels
 
 TINY = {"steps": 4, "batch_size": 4, "tile_size": 64, "val_every": 2, "log_every": 1, "warmup_steps": 1,
         "num_workers": 0, "lr": 2e-3, "labeled_ratio": 0.5}
@@ -50,8 +52,10 @@ def test_unimatch_trains_and_logs_its_losses_and_class_mask_ratios(dataset, tmp_
     assert state["config"]["method"] == "unimatch" and state["step"] == 4
 
 
-def test_unimatch_resumes_exactly(dataset, tmp_path):
-    cfg = load_config(None, {**TINY, "method": "unimatch", "model": "unet-small"})
+@pytest.mark.parametrize("method", ["unimatch", "copy_paste"])
+def test_online_methods_resume_exactly(dataset, tmp_path, method):
+    """copy_paste stops after its labeled-only warm-up (1 of 4 steps) and resumes into the teacher's phase."""
+    cfg = load_config(None, {**TINY, "method": method, "model": "unet-small", "copy_paste_warmup": 0.25})
     train(cfg, dataset, tmp_path / "full", mode="pretrain", progress=False)
     train(cfg, dataset, tmp_path / "split", mode="pretrain", progress=False, stop_after=1)
     train(cfg, dataset, tmp_path / "split", mode="pretrain", progress=False, resume=True)
@@ -72,18 +76,18 @@ def test_feature_perturbation_sits_between_encoder_and_decoder():
     assert not torch.allclose(perturbed, clean[1:])  # dropout of features changes the last two
 
 
-def test_unlabeled_loss_weighs_a_rare_class_as_much_as_background():
+def test_pixel_weighted_loss_weighs_a_rare_class_as_much_as_background():
     """Dice over the classes present: a liptinite pixel wrong costs more than one of 99 background pixels."""
     label = torch.zeros(1, 10, 10, dtype=torch.long)
     label[0, 0, 0] = 3
     logits = torch.zeros(1, 4, 10, 10)
     logits[:, 0] = 5.0  # background everywhere: the liptinite pixel is wrong
     keep, weights = torch.ones(1, 10, 10), torch.ones(4)
-    wrong = unlabeled_loss(logits, label, keep, weights, dice_weight=1.0)
+    wrong = pixel_weighted_loss(logits, label, keep, weights, dice_weight=1.0)
     logits[0, 3, 0, 0] = 10.0
-    right = unlabeled_loss(logits, label, keep, weights, dice_weight=1.0)
+    right = pixel_weighted_loss(logits, label, keep, weights, dice_weight=1.0)
     assert wrong - right > 0.4  # half the Dice term (two classes present) follows the one pixel
-    assert unlabeled_loss(logits, label, torch.zeros_like(keep), weights, 1.0) == 0  # nothing kept: nothing learned
+    assert pixel_weighted_loss(logits, label, torch.zeros_like(keep), weights, 1.0) == 0  # nothing kept: nothing learned
 
 
 def test_class_balance_keeps_a_share_of_every_predicted_class_below_the_threshold():
@@ -133,3 +137,44 @@ def test_procedural_truth_rides_along_but_is_never_a_target(dataset):
     with workers_released_on_exit() as released:
         batch = next(crop_batches(sets.unlabeled, cfg, 2, 0, True, 0, 1, False, released))
     assert (batch["mask"] == 255).all() and (batch["truth"] != 255).any()
+
+
+def test_copy_paste_trains_warms_up_on_labeled_crops_then_logs_the_teacher(dataset, tmp_path):
+    cfg = load_config(None, {**TINY, "method": "copy_paste", "model": "unet-small", "copy_paste_warmup": 0.5,
+                             "consistency_threshold": 0.0})
+    summary = train(cfg, dataset, tmp_path / "run", mode="pretrain", progress=False)
+    assert 0.0 <= summary["micro_jaccard_macerals"] <= 1.0
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss_mixed")] == [1, 2, 3, 4]
+    # no teacher during the labeled-only warm-up (steps 1-2), its mask ratio and label quality after it
+    for tag in ("train/mask_ratio", "train/mask_ratio_vitrinite", "train/pseudo_jaccard", "time/teacher_s_per_step"):
+        assert [e.step for e in events.Scalars(tag)] == [3, 4], tag
+
+
+def test_copy_paste_takes_image_label_and_weight_of_each_pixel_from_the_same_crop():
+    from ssl_seg.train.methods.copy_paste import mix_both_ways, paste_boxes
+
+    torch.manual_seed(0)
+    n, h, w = 3, 12, 15
+    x, u = torch.full((n, 3, h, w), 1.0), torch.full((n, 3, h, w), 2.0)  # the image says where a pixel came from
+    y, p = torch.full((n, h, w), 1), torch.full((n, h, w), 2)
+    w_x, w_u = torch.ones(n, h, w), torch.full((n, h, w), 0.5)
+    box = paste_boxes(n, h, w, 2 / 3)
+    assert (box.sum(dim=(1, 2)) == 8 * 10).all() and len({tuple(b.nonzero()[0].tolist()) for b in box}) > 1
+    images, labels, weights = mix_both_ways(box, (x, y, w_x), (u, p, w_u))
+    assert images.shape == (2 * n, 3, h, w) and labels.shape == weights.shape == (2 * n, h, w)
+    source = images[:, 0]
+    assert torch.equal(labels.float(), source) and torch.equal(weights, torch.where(source == 1, 1.0, 0.5))
+    # the first half is unlabeled context with the labeled box, the second the reverse, with the same box
+    assert torch.equal(source[:n] == 1, box) and torch.equal(source[n:] == 2, box)
+
+
+def test_pixels_of_weight_zero_carry_no_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8, requires_grad=True)
+    label = torch.randint(0, 4, (2, 8, 8))
+    keep = (torch.rand(2, 8, 8) > 0.5).float()
+    pixel_weighted_loss(logits, label, keep, torch.rand(4) + 0.5, dice_weight=0.5).backward()
+    per_pixel = logits.grad.abs().sum(dim=1)
+    assert (per_pixel[keep == 0] == 0).all() and (per_pixel[keep > 0] > 0).all()

@@ -335,3 +335,67 @@ def test_a_dataset_without_unlabeled_images_says_where_they_go(tmp_path):
                                         r"0 test\); point --images at a folder of images, or add them to its "
                                         r"train/unlabeled/$"):
         unlabeled_images(tmp_path / "ss2")
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_at_once(setup, tmp_path):
+    pytest.importorskip("fcntl")
+    from ssl_seg.data.lock import LOCK_NAME, folder_lock
+
+    teacher, images = setup
+    with folder_lock(tmp_path / "pl"):  # another run holds the folder
+        with pytest.raises(DataError, match=r"pl is in use by another pseudo-label run \(pid \d+ on .+\); wait"):
+            pseudo_label(teacher, images, tmp_path / "pl", **FAST)
+        with pytest.raises(DataError, match="in use"):  # a shard may not join a lone run
+            pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
+        assert not (tmp_path / "pl" / "entries").exists()  # refused before any image was labelled
+    # the holder ended; what it left in the lock file is stale and does not stop the next run
+    (tmp_path / "pl" / LOCK_NAME).write_text("pid 999999 on a machine that crashed")
+    assert pseudo_label(teacher, images, tmp_path / "pl", **FAST)["done"] == 5
+
+
+def test_shards_share_a_folder_but_not_a_shard(setup, tmp_path):
+    pytest.importorskip("fcntl")
+    from ssl_seg.data.lock import folder_lock
+
+    teacher, images = setup
+    with folder_lock(tmp_path / "pl", shard=(0, 2)):
+        assert pseudo_label(teacher, images, tmp_path / "pl", shard=(1, 2), **FAST)["done"] == 2
+        with pytest.raises(DataError, match=r"in use by another pseudo-label run \(shard 0/2"):
+            pseudo_label(teacher, images, tmp_path / "pl", shard=(0, 2), **FAST)
+        with pytest.raises(DataError, match="the shards of a sharded run"):
+            pseudo_label(teacher, images, tmp_path / "pl", **FAST)
+
+
+def test_an_out_that_is_a_file_must_be_a_folder(setup, tmp_path):
+    teacher, images = setup
+    (tmp_path / "pl").write_text("not a folder")
+    with pytest.raises(DataError, match=r"--out .*pl is a file; it must be a folder"):
+        pseudo_label(teacher, images, tmp_path / "pl", **FAST)
+
+
+def test_images_from_several_folders_and_a_list_file_keep_unique_ids(setup, tmp_path, capsys):
+    from ssl_seg.cli import main
+
+    teacher, images = setup
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    files = sorted(images.iterdir())
+    for path in files[:2]:
+        shutil.copy(path, first)
+    for path in files[2:4]:
+        shutil.copy(path, second)
+    (tmp_path / "more.txt").write_text(f"# the fifth image\n{files[4].name}\n\n")
+    shutil.copy(files[4], tmp_path)
+    args = ["pseudo-label", "--checkpoint", str(teacher), "--out", str(tmp_path / "pl"), "--tile-size", "64",
+            "--threshold", "0", "--device", "cpu", "--no-progress"]
+    assert main([*args, "--images", str(first), str(second), str(tmp_path / "more.txt")]) == 0
+    manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
+    assert sorted(manifest["images"]) == sorted(p.stem for p in files)
+    capsys.readouterr()
+    shutil.copy(files[0], second)  # the same id in two folders: one pseudo-label would stand for both
+    assert main([*args, "--images", str(first), str(second)]) == 2
+    err = capsys.readouterr().err
+    assert f"share the id {files[0].stem!r}" in err and err.count("\n") == 1, err
+    (tmp_path / "bad.txt").write_text("nowhere.jpg\n")
+    assert main([*args, "--images", str(tmp_path / "bad.txt")]) == 2
+    assert "bad.txt, line 1: image nowhere.jpg not found" in capsys.readouterr().err

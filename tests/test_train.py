@@ -714,3 +714,36 @@ def test_checkpoints_from_before_a_run_key_existed_resume_with_its_old_value(tmp
     check_resumable(old, TrainConfig(student_jitter="strong"), "pretrain", tmp_path / "latest.pth")
     with pytest.raises(TrainError, match=r"student_jitter strong \(now weak\)"):
         check_resumable(old, TrainConfig(student_jitter="weak"), "pretrain", tmp_path / "latest.pth")
+
+
+def test_an_image_unreadable_mid_run_saves_the_steps_done_and_resume_loses_none(dataset, tmp_path, monkeypatch):
+    import shutil
+
+    import ssl_seg.train.data as train_data
+    import ssl_seg.train.loop as loop
+    from ssl_seg.data.io import DataError
+    from ssl_seg.data.layout import discover
+
+    shutil.copytree(dataset, tmp_path / "data")
+    images = [s.image for s in discover(tmp_path / "data").labeled]
+    originals = {path: path.read_bytes() for path in images}
+    real_on_device, calls = loop.on_device, []
+
+    def on_device_then_corrupt(batch, device):  # after 3 steps every labeled image is truncated on disk
+        calls.append(1)
+        if len(calls) == 3:
+            for path in images:
+                path.write_bytes(originals[path][:400])
+        return real_on_device(batch, device)
+
+    monkeypatch.setattr(loop, "on_device", on_device_then_corrupt)
+    uncached = train_data.CropDataset  # as for a set of over 512 images, read from disk at every draw
+    monkeypatch.setattr(train_data, "CropDataset", lambda *args, **kwargs: uncached(*args, **{**kwargs, "cache": False}))
+    cfg = load_config(None, {**TINY, "val_every": 100})
+    with pytest.raises(DataError, match=r"steps up to 3 are saved in .*latest\.pth.*--resume"):
+        train(cfg, tmp_path / "data", tmp_path / "run", progress=False)
+    assert torch.load(tmp_path / "run" / "latest.pth", weights_only=True)["step"] == 3
+    for path, data in originals.items():
+        path.write_bytes(data)
+    train(cfg, tmp_path / "data", tmp_path / "run", progress=False, resume=True)
+    assert torch.load(tmp_path / "run" / "latest.pth", weights_only=True)["step"] == 6

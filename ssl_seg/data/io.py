@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import sys
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,9 @@ def _rgb_from_array(array: np.ndarray, path: Path) -> np.ndarray:
         # a 12-bit camera's values in a 16-bit file: one fixed scale keeps reflectance comparable between
         # images, so it is not stretched per image, but the user should know it comes out dark and coarse
         _warned_12_bit = True  # once per process: a folder of them would repeat it for every image
-        warnings.warn(f"image {path}: 16-bit with values only up to {int(array.max())} (a 12-bit camera?) is read "
-                      "on the 16-bit scale, dark and in 16 grey levels (said once for all such images); fix: save "
-                      "such images multiplied by 16, or as 8-bit, all on one scale", stacklevel=2)
+        print(f"ssl-seg: image {path}: 16-bit with values only up to {int(array.max())} (a 12-bit camera?) is read "
+              "on the 16-bit scale, dark and in 16 grey levels (said once for all such images); fix: save "
+              "such images multiplied by 16, or as 8-bit, all on one scale", file=sys.stderr)
     array = _to_uint8_by_range(array)
     if array.ndim == 2:
         return np.repeat(array[:, :, None], 3, axis=2)
@@ -91,29 +92,40 @@ def _rgb_from_array(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_tiff_fallback(path: Path) -> np.ndarray | None:
-    """Read TIFFs Pillow cannot (planar or 16-bit RGB layouts) through tifffile, when installed."""
+    """Read TIFFs Pillow cannot, or reads wrong (planar, or more than 8 bits per colour channel), at full
+    depth through tifffile, the TIFF orientation tag applied as Pillow would; None if tifffile fails too."""
+    import tifffile
+
     try:
-        import tifffile
-    except ImportError:
-        return None
-    try:
-        array = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tiff:
+            array = tiff.asarray()
+            orientation = tiff.pages[0].tags.get(274)
+            orientation = int(orientation.value) if orientation is not None else 1
     except Exception:  # noqa: BLE001 - any tifffile failure means "unreadable" to the caller
         return None
     # Planar (C,H,W) -> (H,W,C).
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
         array = np.moveaxis(array, 0, -1)
-    return array
+    return _oriented(array, orientation)
+
+
+def _oriented(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H,W[,C]) shown as its orientation tag says, like ``ImageOps.exif_transpose``."""
+    if orientation in (2, 4, 5, 7):  # the mirrored ones: mirror first, then rotate as 1, 3, 8, 6 do
+        array = array[:, ::-1]
+    quarter_turns = {3: 2, 4: 2, 5: 1, 6: -1, 7: -1, 8: 1}.get(orientation, 0)  # counter-clockwise
+    return np.ascontiguousarray(np.rot90(array, quarter_turns))
 
 
 def _pillow_misreads_tiff(image: Image.Image) -> bool:
-    """Pillow decodes planar (one plane per channel) TIFFs of more than 8 bits without an error,
-    into wrong pixels; tifffile reads them right."""
+    """Pillow decodes planar (one plane per channel) TIFFs of more than 8 bits into wrong pixels, and
+    16-bit RGB ones as 8-bit (the low byte lost); tifffile reads both at full depth."""
     if image.format != "TIFF":
         return False
     bits = image.tag_v2.get(258, 8)
     bits = max(bits) if isinstance(bits, tuple) else bits
-    return image.tag_v2.get(284, 1) == 2 and bits > 8
+    kept_depth = image.mode.startswith("I") or image.mode == "F"  # grey 16/32-bit and float: Pillow reads right
+    return bits > 8 and (image.tag_v2.get(284, 1) == 2 or not kept_depth)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -155,6 +167,15 @@ def read_image(path: str | Path) -> np.ndarray:
                 "fix: re-save it as JPG/PNG/TIFF or remove it from the folder"
             ) from None
     return _rgb_from_array(np.asarray(array), path)
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of an image file (1, upright, when it has none or cannot be read)."""
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except (*_PIL_ERRORS, TypeError):
+        return 1
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -390,6 +411,14 @@ def read_prediction(path: str | Path) -> np.ndarray:
 # --------------------------------------------------------------------------- atomic writers
 
 
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a folder to write into; DataError when a file is in its place."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{flag} {path} is a file; it must be a folder (a new one, or the {flag} of an earlier run)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path`` (same suffix); on success ``os.replace`` it onto ``path``.
@@ -410,6 +439,11 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             os.fsync(written.fileno())
         os.replace(temp, path)
         fsync_folder(path.parent)
+    except OSError as exc:  # name what the user knows: the file (full disk) or its folder (no write access)
+        if exc.errno is None or exc.filename not in (None, str(temp), temp):
+            raise
+        named = path.parent if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else path
+        raise type(exc)(exc.errno, exc.strerror, str(named)) from None
     finally:
         # Only left behind on error (or when the body wrote nothing).
         with contextlib.suppress(FileNotFoundError):

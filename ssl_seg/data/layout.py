@@ -19,6 +19,7 @@ a ``binary_classes.csv`` (lines ``id,class``) in the labels/masks folder, which 
 from __future__ import annotations
 
 import difflib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from ssl_seg import class_code
-from ssl_seg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, binary_class_code, csv_rows, image_size,
-                             read_image, read_mask)
+from ssl_seg.data.io import (IMAGE_SUFFIXES, MASK_SUFFIXES, DataError, binary_class_code, csv_rows, exif_orientation,
+                             image_size, read_image, read_mask)
 
 BINARY_CLASSES_CSV = "binary_classes.csv"
 MASK_FOLDER_NAMES = ("masks", "labels")
@@ -106,7 +107,15 @@ class DatasetIndex:
 
 
 def _visible_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files directly in ``folder`` with one of ``suffixes`` (any case), skipping hidden/temp files."""
+    """Files directly in ``folder`` with one of ``suffixes`` (any case), skipping hidden/temp files; links
+    whose target is gone are named once on stderr (a moved or unmounted source, not a file to skip quietly)."""
+    dangling = sorted(path.name for path in folder.iterdir()
+                      if path.is_symlink() and not path.exists() and path.suffix.lower() in suffixes)
+    if dangling and (folder, tuple(dangling)) not in _DANGLING_SAID:
+        _DANGLING_SAID.add((folder, tuple(dangling)))
+        names = ", ".join(dangling[:5]) + (f" and {len(dangling) - 5} more" if len(dangling) > 5 else "")
+        print(f"ssl-seg: skipping {len(dangling)} broken symlink(s) in {folder} (their targets are gone): {names}",
+              file=sys.stderr)
     return sorted(
         (
             path
@@ -115,6 +124,9 @@ def _visible_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         ),
         key=lambda path: path.name,
     )
+
+
+_DANGLING_SAID: set = set()  # each folder's broken links are named once per process
 
 
 def _check_unique_stems(paths: list[Path], what: str) -> None:
@@ -303,6 +315,10 @@ def discover(root: str | Path, binary_class: int | None = None) -> DatasetIndex:
         index = _discover_generic(root, code)
     else:
         images = _optional_images(root)
+        masks = next((root / name for name in MASK_FOLDER_NAMES if (root / name).is_dir()), None)
+        if not images and masks is not None:
+            raise DataError(f"dataset root {root}: {masks} holds masks but {root / 'images'} is missing; fix: put "
+                            f"their images in {root / 'images'} (named like the masks, without _gt)")
         if not images:
             raise DataError(f"dataset root {root}: no recognisable layout; fix: {_LAYOUTS_HELP}")
         return DatasetIndex(root=root, layout="images", unlabeled=images)
@@ -355,6 +371,13 @@ def validate(index: DatasetIndex) -> None:
             continue
         mask = read_mask(sample.mask, sample.binary_class)
         height, width = image_size(sample.image)
+        if mask.shape == (width, height) != (height, width) and exif_orientation(sample.image) in (5, 6, 7, 8):
+            raise DataError(
+                f"mask {sample.mask}: size {mask.shape[0]}x{mask.shape[1]} (HxW) fits image {sample.image} as stored, "
+                f"but that image carries an EXIF rotation (orientation {exif_orientation(sample.image)}), which "
+                f"ssl-seg applies, so it reads as {height}x{width}; fix: rotate the mask the same way, or re-save "
+                "the image upright without the EXIF orientation tag"
+            )
         if mask.shape != (height, width):
             raise DataError(
                 f"mask {sample.mask}: size {mask.shape[0]}x{mask.shape[1]} (HxW) but image {sample.image} "

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, Dinov2Config, PretrainedConfig
 
 from ssl_seg.errors import ModelLoadError
 from ssl_seg.models.base import encoder_parameter_groups, register_family, register_model
 from ssl_seg.models.hub import load_pretrained
+from ssl_seg.models.hub_code.modeling_maceral_dinov2 import patch_grid, segmentation_head, upsampled
 from ssl_seg.models.segformer import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -30,14 +30,7 @@ class Dinov2Segmenter(nn.Module):
         self.backbone = backbone
         # Only masked-image pretraining uses the mask token; segmentation never does.
         backbone.embeddings.mask_token.requires_grad_(False)
-        width = backbone.config.hidden_size
-        self.head = nn.Sequential(
-            nn.BatchNorm2d(width),
-            nn.Conv2d(width, head_channels, 3, padding=1),
-            nn.BatchNorm2d(head_channels),
-            nn.GELU(),
-            nn.Conv2d(head_channels, num_classes, 1),
-        )
+        self.head = segmentation_head(backbone.config.hidden_size, num_classes, head_channels)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -51,19 +44,10 @@ class Dinov2Segmenter(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The patch grid of the last layer (B, hidden, ceil(H/patch), ceil(W/patch)); images are padded up."""
-        height, width = images.shape[-2:]
-        patch = self.backbone.config.patch_size
-        x = F.pad((images - self.mean) / self.std, (0, -width % patch, 0, -height % patch), mode="replicate")
-        tokens = self.backbone(pixel_values=x).last_hidden_state
-        grid_h, grid_w = x.shape[-2] // patch, x.shape[-1] // patch
-        # Drop the CLS (and any register) tokens, keep the patch grid.
-        return tokens[:, -grid_h * grid_w:].transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w)
+        return patch_grid(self.backbone, (images - self.mean) / self.std)
 
     def decode(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        patch = self.backbone.config.patch_size
-        padded = (features.shape[-2] * patch, features.shape[-1] * patch)
-        logits = F.interpolate(self.head(features), size=padded, mode="bilinear", align_corners=False)
-        return logits[..., :size[0], :size[1]]
+        return upsampled(self.head(features), self.backbone.config.patch_size, size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images), images.shape[-2:])

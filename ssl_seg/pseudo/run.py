@@ -8,26 +8,29 @@ so an image counts as done only once all three exist; ``manifest.json`` merges t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from ssl_seg.data.images import decoded_images
-from ssl_seg.data.io import DataError, overlay, read_image, remove_stale_temporaries
+from ssl_seg.data.io import IMAGE_SUFFIXES, DataError, overlay, read_image, remove_stale_temporaries
 from ssl_seg.data.layout import discover, validate
+from ssl_seg.data.lock import folder_lock
 from ssl_seg.data.pseudo_labels import (SETTING_KEYS, check_same_images, check_same_settings, manifest_image_path,
                                         merge_manifest, write_outputs)
 from ssl_seg.errors import ModelLoadError
 from ssl_seg.inference import predict_proba, to_tensor
 from ssl_seg.pseudo.refine import SUPERPIXEL_METHODS, class_balanced_confidence, superpixel_refine, threshold_labels
+from ssl_seg.tb import summary_writer
 from ssl_seg.train.checkpoint import checkpoint_file, file_sha256, load_model
 from ssl_seg.runtime import resolve_device, setup_distributed
 
@@ -40,15 +43,47 @@ def say(message: str) -> None:
     print(f"ssl-seg pseudo-label: {message}", file=sys.stderr)
 
 
-def unlabeled_images(images: str | Path) -> list[Path]:
-    """The unlabeled images of a dataset root, or every image of a plain folder."""
-    index = discover(images)
-    found = index.unlabeled if index.layout != "images" else index.unlabeled + index.test
+def listed_images(list_file: Path) -> list[Path]:
+    """The images a text file names, one path a line (relative to the file's folder; ``#`` starts a comment)."""
+    found = []
+    for number, line in enumerate(list_file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        path = Path(line) if Path(line).is_absolute() else list_file.parent / line
+        if not path.is_file():
+            raise DataError(f"{list_file}, line {number}: image {line} not found; fix: list image files, one a line, "
+                            f"as paths relative to {list_file.parent} or absolute")
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{list_file}, line {number}: {line} is not an image ({', '.join(IMAGE_SUFFIXES)})")
+        found.append(path)
     if not found:
-        where = {"ss2": "its train/unlabeled/", "generic": "its unlabeled/ (or images without masks)"}.get(index.layout)
-        raise DataError(f"{images}: no unlabeled images found ({index.summary()}); point --images at a folder of "
-                        f"images{', or add them to ' + where if where else ''}")
-    return sorted(found, key=lambda p: p.name)
+        raise DataError(f"{list_file} lists no images; fix: one image path a line")
+    return found
+
+
+def unlabeled_images(images: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The unlabeled images of each dataset root, plain folder or list file (a .txt of image paths) in
+    ``images``; their ids (file stems) must be unique across all, as pseudo-labels are stored by id."""
+    sources = [images] if isinstance(images, (str, Path)) else list(images)
+    found: dict[str, Path] = {}
+    for source in map(Path, sources):
+        if source.is_file() and source.suffix.lower() == ".txt":
+            paths = listed_images(source)
+        else:
+            index = discover(source)
+            paths = index.unlabeled if index.layout != "images" else index.unlabeled + index.test
+            if not paths:
+                where = {"ss2": "its train/unlabeled/",
+                         "generic": "its unlabeled/ (or images without masks)"}.get(index.layout)
+                raise DataError(f"{source}: no unlabeled images found ({index.summary()}); point --images at a folder "
+                                f"of images{', or add them to ' + where if where else ''}")
+        for path in paths:
+            other = found.setdefault(path.stem, path)
+            if other != path and other.resolve() != path.resolve():
+                raise DataError(f"{other} and {path} share the id {path.stem!r}, and pseudo-labels are stored by id; "
+                                "fix: rename one, or label the two folders into separate --out folders")
+    return sorted(found.values(), key=lambda p: p.name)
 
 
 def labeled_pairs(labeled: str, binary_class: str | None = None):
@@ -118,8 +153,8 @@ def class_histogram_figure(class_pixels: np.ndarray):
     return fig
 
 
-def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, refine: str = "none",
-                 sam: str | None = None, dinov2: str | None = None, labeled: str | None = None,
+def pseudo_label(checkpoint: str | Path, images: str | Path | Sequence[str | Path], out: str | Path,
+                 refine: str = "none", sam: str | None = None, dinov2: str | None = None, labeled: str | None = None,
                  binary_class: str | None = None,
                  local_files_only: bool = False, threshold: float = 0.9, tta: int = 1, tile_size: int = 512,
                  shard: tuple[int, int] = (0, 1), device: str = "auto", workers: int = 2,
@@ -153,121 +188,122 @@ def pseudo_label(checkpoint: str | Path, images: str | Path, out: str | Path, re
         raise ValueError(f"--shard {shard_index}/{shard_count}: i must be in 0..n-1")
     device_ = resolve_device(device, local_rank)
     out = Path(out)
-    all_paths = unlabeled_images(images)
-    model, state = load_model(checkpoint, device_)
+    with folder_lock(out, shard):  # a second run on this folder (or shard) is refused at once, not after its work
+        all_paths = unlabeled_images(images)
+        model, state = load_model(checkpoint, device_)
 
-    feature_teacher = load_feature_teacher(dinov2, labeled, local_files_only, device_, binary_class) if dinov2 else None
-    sam_refiner = load_sam_refiner(sam, local_files_only, device_) if refine == "sam" else None
-    refiner = refine if refine != "sam" or sam_refiner is not None else "superpixel"
-    if refiner == "superpixel" and superpixel_method != "slic":
-        refiner = f"superpixel-{superpixel_method}"
-    teacher_name = f"{Path(str(checkpoint)).resolve()}" + (f" + dinov2:{dinov2}" if feature_teacher else "")
-    settings = {"teacher": teacher_name, "teacher_sha256": file_sha256(checkpoint_file(checkpoint)),
-                "dinov2": Path(dinov2).name if feature_teacher else None,  # the name, not the path: folders move
-                "dinov2_labeled": labeled_set_digest(labeled, binary_class) if feature_teacher else None,
-                "refiner": refiner + (f":{sam}" if sam_refiner else ""),
-                "threshold": threshold, "class_balance": class_balance, "tta": tta, "tile_size": tile_size,
-                "ignore_index": IGNORE_INDEX,
-                "class_names": list(CLASS_NAMES), "images_expected": len(all_paths)}
+        feature_teacher = load_feature_teacher(dinov2, labeled, local_files_only, device_, binary_class) if dinov2 else None
+        sam_refiner = load_sam_refiner(sam, local_files_only, device_) if refine == "sam" else None
+        refiner = refine if refine != "sam" or sam_refiner is not None else "superpixel"
+        if refiner == "superpixel" and superpixel_method != "slic":
+            refiner = f"superpixel-{superpixel_method}"
+        teacher_name = f"{Path(str(checkpoint)).resolve()}" + (f" + dinov2:{dinov2}" if feature_teacher else "")
+        settings = {"teacher": teacher_name, "teacher_sha256": file_sha256(checkpoint_file(checkpoint)),
+                    "dinov2": Path(dinov2).name if feature_teacher else None,  # the name, not the path: folders move
+                    "dinov2_labeled": labeled_set_digest(labeled, binary_class) if feature_teacher else None,
+                    "refiner": refiner + (f":{sam}" if sam_refiner else ""),
+                    "threshold": threshold, "class_balance": class_balance, "tta": tta, "tile_size": tile_size,
+                    "ignore_index": IGNORE_INDEX,
+                    "class_names": list(CLASS_NAMES), "images_expected": len(all_paths)}
 
-    if shard_count == 1:  # shards may share the folder: only a lone run may sweep it
-        remove_stale_temporaries(out)
-    check_same_settings(out, settings)
-    paths = all_paths[shard_index::shard_count]
-    # done = entry written (it is written last) and its two maps still there
-    todo = [p for p in paths if not all((out / sub / f"{p.stem}{ext}").is_file() for sub, ext in
-                                        (("entries", ".json"), ("masks", ".png"), ("confidence", ".png")))]
-    if len(todo) < len(paths):
-        check_same_images(sorted(set(paths) - set(todo)), out)
-        say(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already done")
-    writer = SummaryWriter(out / "tb" / f"shard{shard_index}") if todo else None
-    stats = {"done": 0, "skipped": len(paths) - len(todo)}
-    class_pixels = np.zeros(NUM_CLASSES + 1, np.int64)  # the last bin counts ignored pixels
+        if shard_count == 1:  # shards may share the folder: only a lone run may sweep it
+            remove_stale_temporaries(out)
+        check_same_settings(out, settings)
+        paths = all_paths[shard_index::shard_count]
+        # done = entry written (it is written last) and its two maps still there
+        todo = [p for p in paths if not all((out / sub / f"{p.stem}{ext}").is_file() for sub, ext in
+                                            (("entries", ".json"), ("masks", ".png"), ("confidence", ".png")))]
+        if len(todo) < len(paths):
+            check_same_images(sorted(set(paths) - set(todo)), out)
+            say(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already done")
+        logs_to = summary_writer(out / "tb" / f"shard{shard_index}") if todo else contextlib.nullcontext()
+        with logs_to as writer:
+            stats = {"done": 0, "skipped": len(paths) - len(todo)}
+            class_pixels = np.zeros(NUM_CLASSES + 1, np.int64)  # the last bin counts ignored pixels
 
-    def label_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-        """(confidence, pseudo mask, refiner stats) of one image."""
-        probs = predict_proba(model, to_tensor(image, device_), tile_size=tile_size, tta=tta)[0]
-        if feature_teacher is not None:
-            from ssl_seg.pseudo.features import combine
+            def label_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+                """(confidence, pseudo mask, refiner stats) of one image."""
+                probs = predict_proba(model, to_tensor(image, device_), tile_size=tile_size, tta=tta)[0]
+                if feature_teacher is not None:
+                    from ssl_seg.pseudo.features import combine
 
-            labels, confidence, _ = combine(probs.cpu().numpy(), feature_teacher.predict_proba(image))
-        else:
-            confidence, labels = (t.cpu().numpy() for t in probs.max(dim=0))
-            labels = labels.astype(np.uint8)
-        confidence = confidence.astype(np.float32)
-        balanced = class_balanced_confidence(labels, confidence, threshold, class_balance)
-        if refiner == "sam":
-            pseudo, info = sam_refiner.refine(image, labels, balanced, threshold=threshold)
-        elif refiner.startswith("superpixel"):
-            pseudo, info = superpixel_refine(image, labels, balanced, threshold=threshold, method=superpixel_method)
-        else:
-            pseudo, info = threshold_labels(labels, balanced, threshold), {"changed_pixels": 0}
-        return confidence, pseudo, info
+                    labels, confidence, _ = combine(probs.cpu().numpy(), feature_teacher.predict_proba(image))
+                else:
+                    confidence, labels = (t.cpu().numpy() for t in probs.max(dim=0))
+                    labels = labels.astype(np.uint8)
+                confidence = confidence.astype(np.float32)
+                balanced = class_balanced_confidence(labels, confidence, threshold, class_balance)
+                if refiner == "sam":
+                    pseudo, info = sam_refiner.refine(image, labels, balanced, threshold=threshold)
+                elif refiner.startswith("superpixel"):
+                    pseudo, info = superpixel_refine(image, labels, balanced, threshold=threshold, method=superpixel_method)
+                else:
+                    pseudo, info = threshold_labels(labels, balanced, threshold), {"changed_pixels": 0}
+                return confidence, pseudo, info
 
-    # Results are taken in order whatever images_at_once is. PNG encoding runs on writer threads.
-    in_flight = images_at_once or (4 if device_.type == "cuda" else 1)  # 4: see experiments/PERFORMANCE.md
-    labelers, writers = ThreadPoolExecutor(max_workers=in_flight), ThreadPoolExecutor(max_workers=2 * in_flight)
-    labelling, pending, unreadable = deque(), deque(), None
-    images_in = iter(decoded_images(todo, workers))
-    bar = tqdm(total=len(todo), desc=f"pseudo-label {shard_index}/{shard_count}", disable=not progress)
-    try:
-        for i in range(len(todo)):
-            while unreadable is None and len(labelling) < in_flight:
-                try:
-                    path, image = next(images_in)
-                except StopIteration:
-                    break
-                except DataError as exc:  # raised once the images before it are done and written
-                    unreadable = exc
-                    break
-                labelling.append((path, image, labelers.submit(label_image, image)))
-            if not labelling:
-                raise unreadable
-            path, image, job = labelling.popleft()
-            confidence, pseudo, info = job.result()
-            counts = np.bincount(pseudo.ravel(), minlength=256)
-            class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
-            entry = {
-                "image": manifest_image_path(path, out), "mask": f"masks/{path.stem}.png",
-                "confidence": f"confidence/{path.stem}.png",
-                "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
-                "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
-                "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
-                **{key: settings[key] for key in SETTING_KEYS},
-            }
-            pending.append(writers.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
-            while len(pending) > 8:
-                pending.popleft().result()
-            stats["done"] += 1
-            bar.update()
+            # Results are taken in order whatever images_at_once is. PNG encoding runs on writer threads.
+            in_flight = images_at_once or (4 if device_.type == "cuda" else 1)  # 4: see experiments/PERFORMANCE.md
+            labelers, writers = ThreadPoolExecutor(max_workers=in_flight), ThreadPoolExecutor(max_workers=2 * in_flight)
+            labelling, pending, unreadable = deque(), deque(), None
+            images_in = iter(decoded_images(todo, workers))
+            bar = tqdm(total=len(todo), desc=f"pseudo-label {shard_index}/{shard_count}", disable=not progress)
+            try:
+                for i in range(len(todo)):
+                    while unreadable is None and len(labelling) < in_flight:
+                        try:
+                            path, image = next(images_in)
+                        except StopIteration:
+                            break
+                        except DataError as exc:  # raised once the images before it are done and written
+                            unreadable = exc
+                            break
+                        labelling.append((path, image, labelers.submit(label_image, image)))
+                    if not labelling:
+                        raise unreadable
+                    path, image, job = labelling.popleft()
+                    confidence, pseudo, info = job.result()
+                    counts = np.bincount(pseudo.ravel(), minlength=256)
+                    class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
+                    entry = {
+                        "image": manifest_image_path(path, out), "mask": f"masks/{path.stem}.png",
+                        "confidence": f"confidence/{path.stem}.png",
+                        "pixels": int(pseudo.size), "confident_fraction": float(1 - counts[IGNORE_INDEX] / pseudo.size),
+                        "class_fractions": {name: float(counts[c] / pseudo.size) for c, name in enumerate(CLASS_NAMES)},
+                        "changed_pixels": int(info.get("changed_pixels", 0)), "teacher": teacher_name, "refiner": refiner,
+                        **{key: settings[key] for key in SETTING_KEYS},
+                    }
+                    pending.append(writers.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
+                    while len(pending) > 8:
+                        pending.popleft().result()
+                    stats["done"] += 1
+                    bar.update()
 
-            step = stats["skipped"] + i  # a resumed run goes on after the images of the earlier ones
-            writer.add_scalar("pseudo/confident_fraction", entry["confident_fraction"], step)
-            writer.add_scalar("pseudo/changed_pixels", entry["changed_pixels"], step)
-            for c, name in enumerate(CLASS_NAMES):
-                writer.add_scalar(f"pseudo/class_fraction/{name}", entry["class_fractions"][name], step)
-            if step < 4:
-                writer.add_image(f"pseudo/overlay_{step}", overlay(image, pseudo), 0, dataformats="HWC")
-            if step % 16 == 0:
-                writer.add_histogram("pseudo/confidence", confidence[::4, ::4].ravel(), step)
-    finally:  # on any stop, the images already labelled are still written
-        bar.close()
-        labelers.shutdown(cancel_futures=True)
-        writers.shutdown()
-    for job in pending:
-        job.result()  # a failed write surfaces here
-    if writer is not None:
-        writer.add_figure("pseudo/class_histogram", class_histogram_figure(class_pixels), 0)
-        writer.close()
+                    step = stats["skipped"] + i  # a resumed run goes on after the images of the earlier ones
+                    writer.add_scalar("pseudo/confident_fraction", entry["confident_fraction"], step)
+                    writer.add_scalar("pseudo/changed_pixels", entry["changed_pixels"], step)
+                    for c, name in enumerate(CLASS_NAMES):
+                        writer.add_scalar(f"pseudo/class_fraction/{name}", entry["class_fractions"][name], step)
+                    if step < 4:
+                        writer.add_image(f"pseudo/overlay_{step}", overlay(image, pseudo), 0, dataformats="HWC")
+                    if step % 16 == 0:
+                        writer.add_histogram("pseudo/confidence", confidence[::4, ::4].ravel(), step)
+            finally:  # on any stop, the images already labelled are still written
+                bar.close()
+                labelers.shutdown(cancel_futures=True)
+                writers.shutdown()
+            for job in pending:
+                job.result()  # a failed write surfaces here
+            if writer is not None:
+                writer.add_figure("pseudo/class_histogram", class_histogram_figure(class_pixels), 0)
 
-    if world > 1:
-        dist.barrier()
-    manifest = merge_manifest(out, settings) if rank == 0 else {}
-    summary = manifest.get("summary", {})
-    if summary and summary["images"] >= len(all_paths) and summary["confident_fraction"] < FEW_CONFIDENT:
-        disagreeing = (" (or without --dinov2: pixels where the two teachers disagree are never kept)"
-                       if feature_teacher else "")
-        say(f"only {summary['confident_fraction']:.2%} of the pixels in {out} kept a label (confidence threshold "
-            f"{threshold}), so a student would learn little from them: pseudo-label again with a lower --threshold"
-            f"{disagreeing}, or fine-tune the teacher longer")
-    return {**stats, **summary}
+        if world > 1:
+            dist.barrier()
+        manifest = merge_manifest(out, settings) if rank == 0 else {}
+        summary = manifest.get("summary", {})
+        if summary and summary["images"] >= len(all_paths) and summary["confident_fraction"] < FEW_CONFIDENT:
+            disagreeing = (" (or without --dinov2: pixels where the two teachers disagree are never kept)"
+                           if feature_teacher else "")
+            say(f"only {summary['confident_fraction']:.2%} of the pixels in {out} kept a label (confidence threshold "
+                f"{threshold}), so a student would learn little from them: pseudo-label again with a lower --threshold"
+                f"{disagreeing}, or fine-tune the teacher longer")
+        return {**stats, **summary}

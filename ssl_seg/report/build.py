@@ -130,10 +130,9 @@ def tensorboard_dir(run_dir: str | Path) -> Path:
 def write_tensorboard(run_dir: str | Path, samples: Sequence[SampleSummary], ternary_png: bytes) -> None:
     """Per-sample fractions as scalars ``report/<sample>/<name>`` (step 0), the ternary diagram
     as image ``report/ternary`` and the sample table as text ``report/composition``."""
-    from torch.utils.tensorboard import SummaryWriter
+    from ssl_seg.tb import summary_writer
 
-    writer = SummaryWriter(str(tensorboard_dir(run_dir)))
-    try:
+    with summary_writer(tensorboard_dir(run_dir)) as writer:
         lines = ["| sample | images | " + " | ".join(f"{m} % of organic" for m in MACERALS) + " |"]
         lines.append("|---" * (2 + len(MACERALS)) + "|")
         for summary, tag in zip(samples, _tags([summary.name for summary in samples])):
@@ -155,8 +154,6 @@ def write_tensorboard(run_dir: str | Path, samples: Sequence[SampleSummary], ter
         figure = np.asarray(Image.open(io.BytesIO(ternary_png)).convert("RGB"))
         writer.add_image("report/ternary", figure, 0, dataformats="HWC")
         writer.add_text("report/composition", "\n".join(lines), 0)
-    finally:
-        writer.close()
 
 
 def _finite(value: object) -> float:

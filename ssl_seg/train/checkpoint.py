@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,10 +14,39 @@ from ssl_seg.errors import CheckpointError
 from ssl_seg.models import model_from_spec
 
 
+def state_bytes(state) -> int:
+    """Bytes of the tensors in a (nested) checkpoint dict: about the size of its file."""
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+    """Write atomically: a crash or a full disk mid-write leaves the previous file intact.
+
+    torch reports a failed write (a full disk, a vanished folder) as ``RuntimeError`` ("unexpected pos"),
+    not ``OSError``: both become one CheckpointError naming the file and the space it needs.
+    """
+    path = Path(path)
+    try:
+        with atomic_write(path) as tmp:
+            torch.save(state, tmp)
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise  # permissions, a file where a folder goes: the CLI's OSError line names them
+        if isinstance(exc, RuntimeError) and "unexpected pos" not in str(exc) and "write" not in str(exc).lower():
+            raise  # not a failed write
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MB free there"
+        except OSError:
+            free = "its folder cannot be read"
+        raise CheckpointError(f"cannot write checkpoint {path} (about {state_bytes(state) / 2**20:.0f} MB needed, "
+                              f"{free}): free space on that disk, then add --resume to the same command; "
+                              "the previous checkpoint is intact") from exc
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from ssl_seg.config import TrainConfig
 from ssl_seg.data.dataset import CropDataset, DrawSampler
 from ssl_seg.data.layout import DatasetIndex, Sample, discover, validate, why_no_labeled
 from ssl_seg.data.pseudo_labels import pseudo_samples
-from ssl_seg.errors import TrainError
+from ssl_seg.errors import DataError, TrainError
 from ssl_seg.runtime import worker_signals
 
 # Below this many validation images best.pth is picked by noise; the run says so.
@@ -68,8 +68,11 @@ class TrainingSets:
 def _labeled_and_val(cfg: TrainConfig, data: str | Path, index: DatasetIndex, binary: int | None):
     labeled, val = split_validation(index.labeled, cfg.val_fraction, cfg.seed)
     if cfg.val_dir:
-        val_index = discover(cfg.val_dir, binary_class=binary)
-        validate(val_index)
+        try:
+            val_index = discover(cfg.val_dir, binary_class=binary)
+            validate(val_index)
+        except DataError as exc:
+            raise DataError(f"--val-dir {cfg.val_dir}: {exc}") from None
         labeled, val = index.labeled, val_index.labeled
         if not val:
             raise TrainError(f"--val-dir {cfg.val_dir} has no labeled images (image + mask pairs) to validate on; "

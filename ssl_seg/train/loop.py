@@ -8,6 +8,7 @@ pseudo-labels of ``pseudo-label`` where given, online only otherwise). Single pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -19,18 +20,17 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ssl_seg import CLASS_NAMES
 from ssl_seg.augment import TrainAugment
 from ssl_seg.config import TrainConfig, check_config
-from ssl_seg.data.io import read_image, remove_stale_temporaries
-from ssl_seg.errors import TrainError, TrainingInterrupted
+from ssl_seg.data.io import output_folder, read_image, remove_stale_temporaries
+from ssl_seg.errors import DataError, TrainError, TrainingInterrupted, one_line
 from ssl_seg.models import build_model, model_spec
 from ssl_seg.runtime import resolve_device, setup_distributed, stop_on_interrupt, workers_released_on_exit
-from ssl_seg.tb import log_summary, panel
+from ssl_seg.tb import log_summary, panel, summary_writer
 from ssl_seg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ssl_seg.train.data import TrainingSets, batch_split, crop_batches, training_sets
 from ssl_seg.train.losses import SegmentationLoss, class_weights
@@ -126,6 +126,7 @@ def prepare(cfg: TrainConfig, out: Path, mode: str, resume: bool, stop_after: in
                                       for key in ("pseudo_labels", "val_dir") if getattr(cfg, key)})
     if stop_after is not None and stop_after < 1:
         raise TrainError(f"--stop-after must be at least 1, got {stop_after}")
+    output_folder(out)
     rank, world, local_rank = setup_distributed(cfg.device)
     device = resolve_device(cfg.device, local_rank)
     if (out / "latest.pth").exists() and not resume:
@@ -218,26 +219,36 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     net = method.network(run.model)
     net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     net = torch.compile(net) if cfg.compile else net
-    # events logged after the checkpoint (steps > start) are dropped: the resumed run writes them again
-    writer = SummaryWriter(out / "tb", purge_step=start + 1) if rank == 0 else None
-    if writer is not None and start == 0:
-        writer.add_text("config", "```\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False) + "\n```", 0)
-        writer.add_text("data", sets.index.summary(), 0)
     # decoded now: an unreadable validation image stops the run before its first step, not at its first validation
     images_cache = {s.id: (read_image(s.image), s.read_mask()) for s in sets.val} if rank == 0 else {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=mode,
                disable=not progress or rank != 0, dynamic_ncols=True)
     summary, done, signalled, window = {}, start, False, {"start": time.perf_counter(), "images": 0, "steps": 0}
+    saved = start
     run.model.train()
-    with stop_on_interrupt(distributed=world > 1) as interrupted, workers_released_on_exit() as released:
+    # events logged after the checkpoint (steps > start) are dropped: the resumed run writes them again
+    logs_to = summary_writer(out / "tb", purge_step=start + 1) if rank == 0 else contextlib.nullcontext()
+    with logs_to as writer, stop_on_interrupt(distributed=world > 1) as interrupted, \
+            workers_released_on_exit() as released:
+        if writer is not None and start == 0:
+            writer.add_text("config", "```\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False) + "\n```", 0)
+            writer.add_text("data", sets.index.summary(), 0)
         loaders = [crop_batches(samples, cfg, per_step, start, pseudo, rank, world, device.type == "cuda", released)
                    if per_step else None
                    for samples, per_step, pseudo in ((sets.labeled, n_labeled, False), (sets.unlabeled, n_unlabeled, True))]
         for step in bar:
             # Every random draw of a step (augmentation, CutMix, dropout) comes from this seed: exact resume.
             torch.manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
-            with timer("data"):
-                batch_x, batch_u = (on_device(next(it), device) if it else None for it in loaders)
+            try:
+                with timer("data"):
+                    batch_x, batch_u = (on_device(next(it), device) if it else None for it in loaders)
+            except DataError as exc:  # an image or pseudo mask that only now turns out unreadable: keep the steps
+                if rank == 0 and done > start:
+                    if done > saved:
+                        save_checkpoint(run.latest, run.state(done))
+                    raise DataError(f"{one_line(exc)} (steps up to {done} are saved in {run.latest}: fix or remove "
+                                    "that file, then add --resume to the same command)") from None
+                raise
             logging = writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps)
             loss, logs = method.step(batch_x, batch_u, net, run.ema.module, step, logging)
             with timer("compute"):
@@ -255,15 +266,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
             stopping = (stop_after is not None and done - start >= stop_after) or signalled
             validating = done % cfg.val_every == 0 or done == cfg.steps
             if rank == 0 and validating:
-                summary = validate_and_save(run, sets, done, writer, bar, device, images_cache)
+                summary, saved = validate_and_save(run, sets, done, writer, bar, device, images_cache), done
             elif rank == 0 and stopping:
                 save_checkpoint(run.latest, run.state(done))
+                saved = done
             if world > 1 and (validating or stopping):
                 dist.barrier()  # no rank goes on (or exits) before the step is saved
             if stopping:
                 break
-    if writer is not None:
-        writer.close()
     bar.close()
     if signalled and done < cfg.steps:
         raise TrainingInterrupted(done, run.latest)

@@ -66,3 +66,25 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, keep: torch
     """
     per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
     return (per_pixel * keep).sum() / keep.numel()
+
+
+def pixel_weighted_loss(logits: torch.Tensor, label: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor,
+                        dice_weight: float) -> torch.Tensor:
+    """Class-weighted cross-entropy summed over pixels weighted by ``keep`` (0 or 1, or a weight in between) and
+    divided by all pixels (as UniMatch does: the loss grows with the teacher's confidence), plus Dice over the
+    kept pixels (weighted likewise) averaged over the classes present: the unlabeled loss of the online methods."""
+    logits = logits.float()
+    ce = (F.cross_entropy(logits, label, weight=weights, reduction="none") * keep).sum() / keep.numel()
+    if not dice_weight:
+        return ce
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(label, probs.shape[1]).permute(0, 3, 1, 2).float()
+    kept = keep.unsqueeze(1)
+    intersection = (probs * onehot * kept).sum(dim=(0, 2, 3))
+    truth = (onehot * kept).sum(dim=(0, 2, 3))
+    union = (probs * kept).sum(dim=(0, 2, 3)) + truth
+    present = truth > 0
+    if not present.any():
+        return ce
+    dice = 1 - (2 * intersection[present] + 1e-5) / (union[present] + 1e-5)
+    return ce + dice_weight * dice.mean()

@@ -13,12 +13,13 @@ none), ``net`` the trained network (``method.network(model)``, wrapped for DDP /
 from __future__ import annotations
 
 from ssl_seg.train.methods.base import StepContext, StepTimer
+from ssl_seg.train.methods.copy_paste import CopyPaste
 from ssl_seg.train.methods.mean_teacher import MeanTeacher
 from ssl_seg.train.methods.supervised import Supervised
 from ssl_seg.train.methods.unimatch import UniMatch
 
 # ``method`` of ``pretrain`` -> its class (config.py lists the same names as the key's choices)
-METHODS = {"mean_teacher": MeanTeacher, "unimatch": UniMatch}
+METHODS = {"mean_teacher": MeanTeacher, "unimatch": UniMatch, "copy_paste": CopyPaste}
 
 
 def method_for(mode: str, context: StepContext):

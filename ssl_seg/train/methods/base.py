@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssl_seg import IGNORE_INDEX, NUM_CLASSES
+from ssl_seg import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from ssl_seg.augment import TrainAugment
 from ssl_seg.config import TrainConfig
 from ssl_seg.inference import autocast_for
@@ -73,3 +73,29 @@ def pseudo_label_quality(label: torch.Tensor, confidence_keep: torch.Tensor, ins
         if ((truth[known] > 0) | (label[known] > 0)).any():  # else no maceral to score
             scores[name] = micro_jaccard(confusion_matrix(truth[known], label[known]).cpu().numpy(), MACERALS)
     return scores
+
+
+def class_mask_ratios(label: torch.Tensor, keep: torch.Tensor) -> dict:
+    """Share of each class among the confident unlabeled pixels (``train/mask_ratio_<class>``): a class that
+    collapses shows here first."""
+    kept = keep > 0
+    total = max(int(kept.sum()), 1)
+    counts = torch.bincount(label[kept], minlength=len(CLASS_NAMES))
+    return {f"mask_ratio_{name}": counts[i].float() / total for i, name in enumerate(CLASS_NAMES)}
+
+
+def online_label_logs(label: torch.Tensor, keep: torch.Tensor, inside: torch.Tensor, truth: list) -> dict:
+    """What shows an online teacher's health: each class's share of the kept pixels and, where the truth
+    of the unlabeled crops rides along (``truth``: [] or [maps]), the labels' quality against it."""
+    return {**class_mask_ratios(label, keep), **(pseudo_label_quality(label, keep, inside, truth[0]) if truth else {})}
+
+
+class Method:
+    """What every method shares: built once per run with the context; trains the model as it is unless
+    ``network`` wraps it (UniMatch's feature perturbation)."""
+
+    def __init__(self, context: StepContext):
+        self.context = context
+
+    def network(self, model):
+        return model

@@ -13,17 +13,11 @@ import torch
 from ssl_seg import IGNORE_INDEX
 from ssl_seg.augment import cutmix
 from ssl_seg.train.losses import masked_cross_entropy
-from ssl_seg.train.methods.base import StepContext
+from ssl_seg.train.methods.base import Method
 from ssl_seg.train.methods.supervised import labeled_view
 
 
-class MeanTeacher:
-    def __init__(self, context: StepContext):
-        self.context = context
-
-    def network(self, model):
-        return model
-
+class MeanTeacher(Method):
     def step(self, batch_x: dict | None, batch_u: dict, net, teacher, step: int, logging: bool = False):
         ctx, cfg = self.context, self.context.cfg
         parts_images, parts_targets = [], []

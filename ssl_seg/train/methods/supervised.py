@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ssl_seg.train.methods.base import StepContext
+from ssl_seg.train.methods.base import Method, StepContext
 
 
 def labeled_view(context: StepContext, batch_x: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -13,13 +13,7 @@ def labeled_view(context: StepContext, batch_x: dict) -> tuple[torch.Tensor, tor
     return context.augment.weak(images).clamp_(0, 1), masks
 
 
-class Supervised:
-    def __init__(self, context: StepContext):
-        self.context = context
-
-    def network(self, model):
-        return model
-
+class Supervised(Method):
     def step(self, batch_x: dict, batch_u: dict | None, net, teacher, step: int, logging: bool = False):
         ctx = self.context
         with ctx.timer("augment"):

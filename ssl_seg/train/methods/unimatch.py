@@ -14,12 +14,12 @@ supervise the weak view as well.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ssl_seg import CLASS_NAMES, IGNORE_INDEX
+from ssl_seg import IGNORE_INDEX
 from ssl_seg.augment import cutmix
-from ssl_seg.train.methods.base import StepContext, pseudo_label_quality
+from ssl_seg.train.losses import pixel_weighted_loss
+from ssl_seg.train.methods.base import Method, online_label_logs
 from ssl_seg.train.methods.supervised import labeled_view
 
 
@@ -42,31 +42,7 @@ class FeaturePerturbed(nn.Module):
         return logits[:images.shape[0]], logits[images.shape[0]:]
 
 
-def unlabeled_loss(logits: torch.Tensor, label: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor,
-                   dice_weight: float) -> torch.Tensor:
-    """Class-weighted cross-entropy summed over kept pixels and divided by all pixels (as UniMatch does: the
-    loss grows with the teacher's confidence), plus Dice over kept pixels averaged over the classes present."""
-    logits = logits.float()
-    ce = (F.cross_entropy(logits, label, weight=weights, reduction="none") * keep).sum() / keep.numel()
-    if not dice_weight:
-        return ce
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(label, probs.shape[1]).permute(0, 3, 1, 2).float()
-    kept = keep.unsqueeze(1)
-    intersection = (probs * onehot * kept).sum(dim=(0, 2, 3))
-    truth = (onehot * kept).sum(dim=(0, 2, 3))
-    union = (probs * kept).sum(dim=(0, 2, 3)) + truth
-    present = truth > 0
-    if not present.any():
-        return ce
-    dice = 1 - (2 * intersection[present] + 1e-5) / (union[present] + 1e-5)
-    return ce + dice_weight * dice.mean()
-
-
-class UniMatch:
-    def __init__(self, context: StepContext):
-        self.context = context
-
+class UniMatch(Method):
     def network(self, model):
         return FeaturePerturbed(model, self.context.cfg.feature_dropout)
 
@@ -103,9 +79,9 @@ class UniMatch:
             with ctx.autocast():
                 logits_1, logits_2 = net(torch.cat([strong_1, strong_2])).chunk(2)
             weights, dice = ctx.criterion.weights, cfg.dice_weight
-            loss_s = 0.5 * (unlabeled_loss(logits_1, label_1, keep_1, weights, dice)
-                            + unlabeled_loss(logits_2, label_2, keep_2, weights, dice))
-            loss_fp = unlabeled_loss(logits_fp, label, keep, weights, dice)
+            loss_s = 0.5 * (pixel_weighted_loss(logits_1, label_1, keep_1, weights, dice)
+                            + pixel_weighted_loss(logits_2, label_2, keep_2, weights, dice))
+            loss_fp = pixel_weighted_loss(logits_fp, label, keep, weights, dice)
             loss_u = 0.5 * loss_s + 0.5 * loss_fp
             loss = cfg.consistency_weight * ctx.ramp(step) * loss_u
             logs = {"loss_u_strong": loss_s.detach(), "loss_u_fp": loss_fp.detach(), "mask_ratio": keep.mean()}
@@ -118,9 +94,7 @@ class UniMatch:
                 loss = loss + loss_pseudo
                 logs["loss_pseudo"] = loss_pseudo.detach()
         if logging:
-            logs.update(class_mask_ratios(label, keep))
-            if truth:
-                logs.update(pseudo_label_quality(label, keep, inside, truth[0]))
+            logs.update(online_label_logs(label, keep, inside, truth))
         return loss, logs
 
 
@@ -142,12 +116,3 @@ def confident_pixels(confidence: torch.Tensor, label: torch.Tensor, threshold: f
             floor = torch.quantile(confidence[of_class].float(), 1.0 - class_balance)
             keep |= of_class & (confidence >= floor)
     return keep.float()
-
-
-def class_mask_ratios(label: torch.Tensor, keep: torch.Tensor) -> dict:
-    """Share of each class among the confident unlabeled pixels (``train/mask_ratio_<class>``): a class that
-    collapses shows here first."""
-    kept = keep > 0
-    total = max(int(kept.sum()), 1)
-    counts = torch.bincount(label[kept], minlength=len(CLASS_NAMES))
-    return {f"mask_ratio_{name}": counts[i].float() / total for i, name in enumerate(CLASS_NAMES)}
