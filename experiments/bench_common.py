@@ -101,10 +101,24 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def library_versions() -> dict[str, str | None]:
+    """transformers, kornia and torchvision versions (None where not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("transformers", "kornia", "torchvision"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def describe_device(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on: printed first and stored in the JSON."""
     info = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), **library_versions(), "cpu": cpu_model(),
+            "cpu_cores": os.cpu_count()}
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
         info["bf16_autocast"] = True

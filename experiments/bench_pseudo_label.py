@@ -23,8 +23,11 @@ on them twice:
    steps (JPEG decode wait, teacher, SAM prompt extraction, SAM encoder, SAM decoder, the rest
    of SAM, writing), giving where an image's time goes.
 
-``--images-at-once N`` sets how many images the clean run labels concurrently (the command's
-default: 4 on CUDA, 1 elsewhere).
+``--batch-images N`` sets how many images go through the teacher in one call and ``--images-at-once N``
+how many the clean run labels concurrently (the command's defaults: 8 and 16 on CUDA, 1 and 1
+elsewhere). A third run, the per-image reference (one image a call, one at a time: the path before
+batching), is timed the same way beside them, and ``batched_over_per_image`` is the clean run's rate
+over it: on CPU with tiny models, ``--device cpu --batch-images 4``.
 
 FLOPs per image (teacher + SAM encoder + SAM decoder) are counted on the first image with
 ``torch.utils.flop_counter.FlopCounterMode``; achieved TFLOP/s = FLOPs/image x images/s, set
@@ -74,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2, help="JPEG decoding workers (the command's default: 2)")
     parser.add_argument("--images-at-once", type=int, default=None,
-                        help="images labelled concurrently (default: the command's, 4 on CUDA and 1 elsewhere)")
+                        help="images labelled concurrently (default: the command's, two batches on CUDA, one elsewhere)")
+    parser.add_argument("--batch-images", type=int, default=None,
+                        help="images per teacher call (default: the command's, 8 on CUDA and 1 elsewhere)")
     parser.add_argument("--warmup", type=int, default=4, help="first images left out of the rate")
     common.common_arguments(parser)
     args = parser.parse_args(argv)
@@ -101,8 +106,12 @@ class DoneClock:
             if self.on_done is not None:
                 self.on_done(len(self.stamps))
 
-    def rate(self, warmup: int) -> tuple[float, float]:
-        """(images/s, seconds) from image ``warmup`` done to the last one done."""
+    def rate(self, warmup: int, batch: int = 1) -> tuple[float, float]:
+        """(images/s, seconds) from image ``warmup`` done to the last one done. Images of a ``batch`` finish
+        together, so the window opens at the end of a batch (``warmup`` rounded up), never inside one."""
+        warmup = -(-(warmup + 1) // batch) * batch - 1
+        if warmup >= len(self.stamps) - 1:
+            raise SystemExit(f"--images {len(self.stamps)} leaves no batch after the warm-up; raise --images")
         seconds = self.stamps[-1] - self.stamps[warmup]
         return (len(self.stamps) - 1 - warmup) / max(seconds, 1e-9), seconds
 
@@ -131,7 +140,7 @@ class PromptCounter:
 
 
 def run_pseudo_label(args, checkpoint: Path, images: Path, out: Path, sam_dir: Path | None, patches: list,
-                     images_at_once: int | None = None) -> None:
+                     images_at_once: int | None = None, batch_images: int | None = None) -> None:
     from contextlib import ExitStack
 
     with ExitStack() as stack:
@@ -140,7 +149,7 @@ def run_pseudo_label(args, checkpoint: Path, images: Path, out: Path, sam_dir: P
         pseudo_run.pseudo_label(checkpoint, images, out, refine=args.refine, sam=str(sam_dir) if sam_dir else None,
                                 local_files_only=True, threshold=args.threshold, tta=args.tta,
                                 tile_size=args.tile_size, device=str(args.device_), workers=args.workers,
-                                progress=False, images_at_once=images_at_once)
+                                progress=False, images_at_once=images_at_once, batch_images=batch_images)
 
 
 def measure_flops(args, checkpoint: Path, image_path: Path, sam_dir: Path | None) -> dict:
@@ -206,10 +215,17 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         run_pseudo_label(args, checkpoint, images, work / "pseudo_clean", sam_dir,
                          [(pseudo_folder, "save_json", clock), (SamRefiner, "refine", prompts.method())],
-                         images_at_once=args.images_at_once)
+                         images_at_once=args.images_at_once, batch_images=args.batch_images)
         wall = time.perf_counter() - start
-        images_per_s, timed_seconds = clock.rate(args.warmup)
+        per_call = args.batch_images or min(8 if device.type == "cuda" else 1, args.images_at_once or 8)
+        images_per_s, timed_seconds = clock.rate(args.warmup, per_call)
         peak_memory = common.peak_memory_gib(device)
+
+        # 1b. the per-image reference, timed the same way: one image a teacher call, one at a time
+        reference_clock = DoneClock()
+        run_pseudo_label(args, checkpoint, images, work / "pseudo_reference", sam_dir,
+                         [(pseudo_folder, "save_json", reference_clock)], images_at_once=1, batch_images=1)
+        reference_per_s, _ = reference_clock.rate(args.warmup)
 
         # 2. instrumented run: synchronised timers around each step. The stages' window opens when the
         # command's loop asks for the first timed image; not when a warm-up image's files are written,
@@ -237,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
             (SamModel, "forward", timer.wrap("SAM decoder", SamModel.forward)),
         ]
         # one image at a time: with several at once the stages of different images would overlap
-        run_pseudo_label(args, checkpoint, images, work / "pseudo_timed", sam_dir, patches, images_at_once=1)
+        run_pseudo_label(args, checkpoint, images, work / "pseudo_timed", sam_dir, patches, images_at_once=1,
+                         batch_images=1)
         _, instrumented_seconds = instrumented_clock.rate(args.warmup)
 
         flops = measure_flops(args, checkpoint, paths[0], sam_dir)
@@ -275,8 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
           f" + SAM decoder {flops['sam_decoder'] / 1e9:.4g} G = {flops['total'] / 1e9:.4g} GFLOP"
           + (f" (counted on the first image, {flops['prompts']} prompts)" if args.refine == "sam" else ""))
     print(f"throughput: {images_per_s:.2f} images/s end to end (JPEG decode and writing included; "
-          f"{len(clock.stamps) - 1 - args.warmup} images in {timed_seconds:.2f} s after {args.warmup} warm-up; "
+          f"{round(images_per_s * timed_seconds)} images in {timed_seconds:.2f} s after the warm-up; "
           f"whole call with model loading {wall:.1f} s)")
+    print(f"per-image reference (one image a call, one at a time): {reference_per_s:.2f} images/s; "
+          f"this run's settings over it: {images_per_s / reference_per_s:.2f}x (side by side, one process)")
     if peak_memory is not None:
         print(f"peak GPU memory: {peak_memory:.2f} GiB")
     print(f"8,641 SS2 images would take {SS2_UNLABELED / images_per_s / 60:.1f} min")
@@ -293,8 +312,10 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"images": args.images, "size": list(args.size), "teacher": args.teacher, "sam": args.sam,
                      "refine": args.refine, "threshold": args.threshold, "tta": args.tta,
                      "tile_size": args.tile_size, "workers": args.workers, "warmup": args.warmup,
-                     "images_at_once": args.images_at_once},
+                     "images_at_once": args.images_at_once, "batch_images": args.batch_images},
         "images_per_s": images_per_s,
+        "per_image_reference_images_per_s": reference_per_s,
+        "batched_over_per_image": images_per_s / reference_per_s,
         "seconds_timed": timed_seconds,
         "wall_seconds_with_loading": wall,
         "peak_memory_gib": peak_memory,

@@ -14,9 +14,10 @@ Each seed writes its own procedural dataset (``--labeled`` labeled, ``--unlabele
   of the run (maceral Jaccard against the unlabeled truth, kept share, each maceral's share of the kept).
 
 No validation split (8 labeled images are too few to pick a checkpoint by): every arm is scored at its
-last step, on the test scenes, by the SS2 metric on the maceral classes (foreground micro Jaccard).
-The table gives per-seed scores, each method's gain over the best supervised budget, its mean,
-standard error and wins. Finished arms are kept: rerunning with the same ``--out`` resumes.
+last step, on the test scenes, by the SS2 metric on the maceral classes (foreground micro Jaccard),
+once with its raw weights and once with their EMA (``ema_decay``; the ``<arm> ema`` columns). The
+table gives per-seed scores, each method's gain (raw, then EMA) over the best supervised budget and
+weights, its mean, standard error and wins. Finished arms are kept: rerunning with the same ``--out`` resumes.
 """
 
 from __future__ import annotations
@@ -34,23 +35,36 @@ from ssl_seg.data.io import save_json
 from ssl_seg.data.synthetic import write_dataset
 from ssl_seg.evaluate import evaluate_dirs
 from ssl_seg.predict import predict_folder
+from ssl_seg.train.checkpoint import load_checkpoint, save_checkpoint
 from ssl_seg.train.loop import train
 
 
+def ema_checkpoint(latest: Path, out: Path) -> Path:
+    """``latest.pth`` with the EMA of its weights (decay ``ema_decay``) as the model: what ``predict`` then uses."""
+    state = load_checkpoint(latest)
+    state["model"] = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    save_checkpoint(out, state)
+    return out
+
+
+def test_score(checkpoint: Path, data: Path, pred: Path, tile_size: int) -> float:
+    predict_folder(checkpoint, data / "test", pred, tile_size=tile_size, device="cpu", workers=0, progress=False)
+    return evaluate_dirs(pred, data / "test_answers")["micro_jaccard_macerals"]
+
+
 def arm_score(data: Path, run: Path, cfg, mode: str, tile_size: int) -> dict:
-    """Train one arm (unless done) and score its last step on the test scenes."""
+    """Train one arm (unless done) and score its last step on the test scenes, the raw weights and their EMA."""
     result = run / "score.json"
-    if result.is_file():
-        return json.loads(result.read_text())
-    tick = time.perf_counter()
-    train(cfg, data, run, mode=mode, progress=False, resume=True)
-    seconds = time.perf_counter() - tick
-    predict_folder(run / "latest.pth", data / "test", run / "pred", tile_size=tile_size, device="cpu", workers=0,
-                   progress=False)
-    scores = evaluate_dirs(run / "pred", data / "test_answers")
-    out = {"micro_jaccard_macerals": scores["micro_jaccard_macerals"], "train_seconds": seconds,
-           **{f"iou_{k}": v for k, v in scores.get("iou", {}).items()}}
-    save_json(result, out)
+    out = json.loads(result.read_text()) if result.is_file() else {}
+    if not out:
+        tick = time.perf_counter()
+        train(cfg, data, run, mode=mode, progress=False, resume=True)
+        out = {"micro_jaccard_macerals": test_score(run / "latest.pth", data, run / "pred", tile_size),
+               "train_seconds": time.perf_counter() - tick}
+    if "micro_jaccard_macerals_ema" not in out:  # also added to arms scored before it was measured
+        out["micro_jaccard_macerals_ema"] = test_score(ema_checkpoint(run / "latest.pth", run / "ema.pth"), data,
+                                                       run / "pred_ema", tile_size)
+        save_json(result, out)
     return out
 
 
@@ -94,15 +108,16 @@ def run_seed(seed: int, args) -> dict:
         arm = method + args.tag
         rows[arm] = arm_score(data, root / arm, cfg, "pretrain", 256)
         print(f"seed {seed} {arm}: pseudo-labels by quarter of the run {pseudo_label_curve(root / arm)}")
-    return {arm: row["micro_jaccard_macerals"] for arm, row in rows.items()}
+    return {**{arm: row["micro_jaccard_macerals"] for arm, row in rows.items()},
+            **{f"{arm} ema": row["micro_jaccard_macerals_ema"] for arm, row in rows.items()}}
 
 
 def table(results: dict[int, dict], methods: list[str], tag: str = "") -> str:
     arms = list(next(iter(results.values())))
     lines = ["seed  " + "  ".join(f"{arm:>15}" for arm in arms)]
     lines += [f"{seed:>4}  " + "  ".join(f"{row[arm]:>15.4f}" for arm in arms) for seed, row in results.items()]
-    for method in methods:
-        method += tag
+    for method in [m + tag + weights for m in methods for weights in ("", " ema")]:
+        # against the best supervised budget, raw or EMA weights
         gains = [100 * (row[method] - max(v for k, v in row.items() if k.startswith("supervised")))
                  for row in results.values()]
         error = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")

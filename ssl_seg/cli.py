@@ -112,9 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, choices=[1, 2, 8], help="flip/rot90 views averaged (default: 1)")
     p.add_argument("--tile-size", type=int, help="sliding-window tile (default: 512)")
     p.add_argument("--shard", default="0/1", help="i/n: label only every n-th image starting at i")
+    p.add_argument("--batch-images", type=int, metavar="N",
+                   help="images of one size per teacher call, their tiles batched together; the files do not "
+                        "depend on it (default: 8 on CUDA, 1 on CPU)")
     p.add_argument("--images-at-once", type=int, metavar="N",
-                   help="images labelled concurrently, so that one's CPU work overlaps another's GPU work; "
-                        "the files do not depend on it (default: 4 on CUDA, 1 on CPU)")
+                   help="images labelled concurrently, in batches of --batch-images, so that one batch's CPU work "
+                        "overlaps another's GPU work; the files do not depend on it (default: two batches on CUDA, "
+                        "one on CPU)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -220,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
                              threshold=cfg.pseudo_threshold, tta=cfg.tta, tile_size=cfg.infer_tile_size,
                              shard=(shard_index, shard_count), device=cfg.device, progress=not args.no_progress,
                              class_balance=cfg.pseudo_class_balance, superpixel_method=cfg.superpixel_method,
-                             images_at_once=args.images_at_once)
+                             images_at_once=args.images_at_once, batch_images=args.batch_images)
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(stats, indent=2))
     elif args.command == "predict":

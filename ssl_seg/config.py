@@ -95,6 +95,12 @@ class TrainConfig:
                                        "other only, before the teacher's pseudo-labels are used", _UNIT, "in [0, 1]")
     copy_paste_unlabeled_weight: float = setting(0.5, "copy_paste: loss weight of a pseudo-labeled pixel "
                                                  "(a labeled one weighs 1)", _NON_NEGATIVE, "0 or more")
+    class_thresholds: str = setting("fixed", "unimatch, copy_paste: teacher_mean lowers each class's threshold to "
+                                    "the teacher's mean confidence on it in the batch while that is below "
+                                    "consistency_threshold", choices=("fixed", "teacher_mean"))
+    oracle_pseudo_labels: bool = setting(False, "unimatch, copy_paste: the unlabeled crops' true masks take the "
+                                         "teacher's place (procedural data with unlabeled_truth/; a diagnostic: "
+                                         "the ceiling of any teacher)")
     # validation and logging
     val_fraction: float = setting(0.2, "share of the labeled images held out for validation",
                                   lambda v: 0 <= v < 1, "in [0, 1)")

@@ -57,6 +57,10 @@ def test_pseudo_label_smoke(tmp_path):
     assert flops["total"] == pytest.approx(flops["teacher"] + flops["sam_encoder"] + flops["sam_decoder"])
     assert result["achieved_tflops"] == pytest.approx(flops["total"] * result["images_per_s"] / 1e3)
     assert result["peak_tflops"] is None and result["target_met"] is None  # no peak or target on a CPU
+    assert positive(result["per_image_reference_images_per_s"])
+    assert result["batched_over_per_image"] == pytest.approx(result["images_per_s"]
+                                                             / result["per_image_reference_images_per_s"])
+    assert {"transformers", "kornia", "torchvision", "cpu", "cpu_cores"} <= set(result)
 
 
 @pytest.mark.parametrize("mode", ["finetune", pytest.param("pretrain", marks=pytest.mark.slow)])
@@ -106,5 +110,16 @@ def test_online_ssl_benchmark_smoke(tmp_path):
                    check=True, capture_output=True, text=True, timeout=600)
     result = json.loads((tmp_path / "results.json").read_text())
     scores = result["scores"]["0"]
-    assert set(scores) == {"supervised@1x", "unimatch"} and all(0 <= v <= 1 for v in scores.values())
-    assert "unimatch vs best supervised" in result["table"]
+    assert set(scores) == {"supervised@1x", "unimatch", "supervised@1x ema", "unimatch ema"}
+    assert all(0 <= v <= 1 for v in scores.values())
+    assert "unimatch vs best supervised" in result["table"] and "unimatch ema vs best supervised" in result["table"]
+
+
+def test_real_coal_kfold_smoke(tmp_path, real_data):
+    subprocess.run([sys.executable, str(EXPERIMENTS / "real_coal_kfold.py"), "--smoke", "--real", str(real_data),
+                    "--out", str(tmp_path)], check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["scores"]["0"]) == {"supervised", "copy_paste"}
+    assert all(0 <= v <= 1 for v in result["scores"]["0"].values())
+    held_out = sorted(p.name for fold in range(3) for p in (tmp_path / f"fold{fold}" / "data" / "test").iterdir())
+    assert held_out == sorted(p.name for p in (real_data / "coal_maceral" / "images").iterdir())  # each image once

@@ -9,10 +9,9 @@ from ssl_seg.data.synthetic import write_dataset
 from ssl_seg.models import build_model
 from ssl_seg.train.loop import train
 from ssl_seg.train.methods import METHODS
-from ssl_seg.train.methods.base import StepContext, StepTimer
 from ssl_seg.train.losses import pixel_weighted_loss
-from ssl_seg.train.methods.base import class_mask_ratios
-from ssl_seg.train.methods.unimatch import FeaturePerturbed, confident_pixels
+from ssl_seg.train.methods.base import StepContext, StepTimer, class_mask_ratios, confident_pixels
+from ssl_seg.train.methods.unimatch import FeaturePerturbed
 
 TINY = {"steps": 4, "batch_size": 4, "tile_size": 64, "val_every": 2, "log_every": 1, "warmup_steps": 1,
         "num_workers": 0, "lr": 2e-3, "labeled_ratio": 0.5}
@@ -100,6 +99,42 @@ def test_class_balance_keeps_a_share_of_every_predicted_class_below_the_threshol
         assert 0.2 <= share <= 0.3, (c, share)
     with pytest.raises(ValueError, match="consistency_class_balance"):
         check_config(TrainConfig(consistency_class_balance=1.5))
+
+
+def test_teacher_mean_thresholds_follow_the_teacher_up_to_the_fixed_one():
+    torch.manual_seed(0)
+    label = torch.randint(0, 4, (2, 16, 16))
+    sure = label == 0
+    confidence = torch.where(sure, 0.85 + 0.15 * torch.rand(2, 16, 16), 0.5 * torch.rand(2, 16, 16))
+    keep = confident_pixels(confidence, label, 0.9, class_thresholds="teacher_mean")
+    assert torch.equal(keep[sure] > 0, confidence[sure] >= 0.9)  # its mean (0.925) is capped at 0.9
+    for c in (1, 2, 3):  # each unsure class keeps its pixels above its own mean confidence, about half
+        of_class = label == c
+        assert torch.equal(keep[of_class] > 0, confidence[of_class] >= confidence[of_class].mean())
+        assert 0.3 <= keep[of_class].mean() <= 0.7
+    padded = torch.ones(2, 16, 16)
+    padded[:, :, 8:] = 0  # the right half is padding the geometry brought in: it counts in no mean
+    confidence[:, :, 8:] = 0.0
+    keep = confident_pixels(confidence, label, 0.9, class_thresholds="teacher_mean", inside=padded)
+    for c in (1, 2, 3):
+        real = (label == c) & (padded > 0)
+        assert torch.equal(keep[real] > 0, confidence[real] >= confidence[real].mean())
+    with pytest.raises(ValueError, match="class_thresholds"):
+        check_config(TrainConfig(class_thresholds="flexmatch"))
+
+
+@pytest.mark.parametrize("method", ["unimatch", "copy_paste"])
+def test_oracle_pseudo_labels_teach_the_truth_and_need_it(dataset, tmp_path, method):
+    cfg = load_config(None, {**TINY, "method": method, "model": "unet-small", "copy_paste_warmup": 0.0,
+                             "oracle_pseudo_labels": True})
+    train(cfg, dataset, tmp_path / "run", mode="pretrain", progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/pseudo_jaccard_kept")] == [1.0] * 4
+    bare = tmp_path / "bare"
+    write_dataset(bare, labeled=2, unlabeled=2, test=0, size=(72, 96), seed=5, progress=False)
+    with pytest.raises(ValueError, match="oracle_pseudo_labels needs the unlabeled images' true masks"):
+        train(cfg, bare, tmp_path / "run_bare", mode="pretrain", progress=False)
 
 
 def test_class_mask_ratios_are_shares_of_the_kept_pixels():

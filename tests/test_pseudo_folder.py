@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ssl_seg.config import load_config
-from ssl_seg.data.io import DataError
+from ssl_seg.data.io import DataError, read_image, save_jpg
 from ssl_seg.data.synthetic import write_dataset
 from ssl_seg.data.pseudo_labels import merge_lock, merge_manifest
 from ssl_seg.pseudo.run import pseudo_label
@@ -117,11 +117,11 @@ def test_entry_is_written_after_mask_and_confidence(setup, tmp_path, monkeypatch
     teacher, images = setup
     real_save_png, calls = folder.save_png, []
 
-    def save_png_then_fail(path, array):  # the 3rd PNG (the 2nd image's mask) fails, as a kill mid-image would
+    def save_png_then_fail(path, array, **options):  # the 3rd PNG (the 2nd image's mask) fails, as a kill would
         calls.append(path)
         if len(calls) == 3:
             raise OSError("disk full")
-        real_save_png(path, array)
+        real_save_png(path, array, **options)
 
     monkeypatch.setattr(folder, "save_png", save_png_then_fail)
     with pytest.raises(OSError, match="disk full"):
@@ -274,19 +274,33 @@ def test_a_corrupt_mask_names_the_fix_that_redoes_it(setup, tmp_path):
     assert read_mask(broken, pseudo=True).shape == (64, 80)
 
 
-def test_images_labelled_at_once_give_the_same_files(setup, tmp_path):
+@pytest.mark.parametrize("at_once, batch", [(3, 1), (3, 3), (6, 2)])
+def test_images_labelled_at_once_or_in_batches_give_the_same_files(setup, tmp_path, at_once, batch):
+    """Batched or not, the teacher's probabilities agree to float rounding; the files are the same bytes."""
     teacher, images = setup
-    for at_once in (1, 3):
-        pseudo_label(teacher, images, tmp_path / f"pl{at_once}", images_at_once=at_once,
-                     **{**FAST, "refine": "superpixel"})
+    for name, options in (("one", {}), ("many", {"images_at_once": at_once, "batch_images": batch})):
+        pseudo_label(teacher, images, tmp_path / name, **{**FAST, "refine": "superpixel", **options})
     for sub in ("masks", "confidence", "entries"):
-        one, three = (sorted((tmp_path / f"pl{n}" / sub).iterdir()) for n in (1, 3))
-        assert [p.name for p in one] == [p.name for p in three] and len(one) == 5
-        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, three))
+        one, many = (sorted((tmp_path / name / sub).iterdir()) for name in ("one", "many"))
+        assert [p.name for p in one] == [p.name for p in many] and len(one) == 5
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, many))
 
 
-@pytest.mark.parametrize("at_once", [1, 3])
-def test_an_unreadable_image_stops_the_run_after_the_images_before_it(setup, tmp_path, at_once):
+def test_a_batch_holds_images_of_one_size(setup, tmp_path):
+    teacher, images = setup
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, path in enumerate(sorted(images.iterdir())):  # sizes alternate: every batch is cut at each change
+        image = read_image(path)
+        save_jpg(folder / path.name, image if k % 2 else image[:48, :72])
+    for name, batch in (("one", 1), ("many", 4)):
+        pseudo_label(teacher, folder, tmp_path / name, batch_images=batch, **FAST)
+    one, many = (sorted((tmp_path / name / "masks").iterdir()) for name in ("one", "many"))
+    assert len(one) == 5 and all(a.read_bytes() == b.read_bytes() for a, b in zip(one, many))
+
+
+@pytest.mark.parametrize("at_once, batch", [(1, 1), (3, 1), (4, 2)])
+def test_an_unreadable_image_stops_the_run_after_the_images_before_it(setup, tmp_path, at_once, batch):
     teacher, images = setup
     folder = tmp_path / "images"
     folder.mkdir()
@@ -295,11 +309,11 @@ def test_an_unreadable_image_stops_the_run_after_the_images_before_it(setup, tmp
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / f"{paths[2].stem}b.jpg").write_bytes(b"not a jpeg")  # sorts third of six
     with pytest.raises(DataError, match="b.jpg"):
-        pseudo_label(teacher, folder, tmp_path / "pl", images_at_once=at_once, **FAST)
+        pseudo_label(teacher, folder, tmp_path / "pl", images_at_once=at_once, batch_images=batch, **FAST)
     assert sorted(p.stem for p in (tmp_path / "pl" / "entries").glob("*.json")) == [p.stem for p in paths[:3]]
 
 
-def test_cli_images_at_once(setup, tmp_path, capsys):
+def test_cli_images_at_once_and_batch_images(setup, tmp_path, capsys):
     from ssl_seg.cli import main
 
     teacher, images = setup
@@ -307,7 +321,11 @@ def test_cli_images_at_once(setup, tmp_path, capsys):
                "--tile-size", "64", "--threshold", "0", "--no-progress"]
     assert main(command + ["--images-at-once", "0"]) == 2
     assert "--images-at-once must be at least 1, got 0" in capsys.readouterr().err
-    assert main(command + ["--images-at-once", "2"]) == 0
+    assert main(command + ["--batch-images", "0"]) == 2
+    assert "--batch-images must be at least 1, got 0" in capsys.readouterr().err
+    assert main(command + ["--images-at-once", "1", "--batch-images", "2"]) == 2
+    assert "--images-at-once 1 is below --batch-images 2" in capsys.readouterr().err
+    assert main(command + ["--images-at-once", "2", "--batch-images", "2"]) == 0
     assert len(list((tmp_path / "pl" / "entries").glob("*.json"))) == 5
 
 

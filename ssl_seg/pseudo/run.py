@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
@@ -159,11 +160,16 @@ def pseudo_label(checkpoint: str | Path, images: str | Path | Sequence[str | Pat
                  local_files_only: bool = False, threshold: float = 0.9, tta: int = 1, tile_size: int = 512,
                  shard: tuple[int, int] = (0, 1), device: str = "auto", workers: int = 2,
                  progress: bool = True, class_balance: float = 0.0, superpixel_method: str = "slic",
-                 images_at_once: int | None = None) -> dict:
+                 images_at_once: int | None = None, batch_images: int | None = None) -> dict:
     """Pseudo-label every (shard's) image of ``images`` into ``out``; returns counts and the manifest summary.
 
-    ``images_at_once`` images are labelled concurrently (default: 4 on CUDA, so that some images' CPU work
-    (SAM prompts, superpixels) overlaps others' device work; 1 elsewhere). The files do not depend on it.
+    ``batch_images`` consecutive images of one size go through the teacher in one call, the tiles of all
+    of them batched together, and come back to the host in one copy (default: 8 on CUDA, at most
+    ``images_at_once``; 1 elsewhere). ``images_at_once`` images are labelled concurrently, in batches of
+    ``batch_images`` (default: two batches on CUDA, so that one batch's CPU work (SAM prompts, superpixels)
+    overlaps the next one's device work; one batch elsewhere). On CPU the files are the same bytes whatever
+    the two are (tested); under CUDA's bf16 autocast another tile batch may round differently. An error
+    within a batch leaves that batch's images unwritten; a rerun labels them.
     """
     if refine not in ("none", "superpixel", "sam"):
         raise ValueError(f"refine must be none, superpixel or sam, not {refine!r}")
@@ -174,8 +180,12 @@ def pseudo_label(checkpoint: str | Path, images: str | Path | Sequence[str | Pat
             raise ValueError(f"--{name.replace(' ', '-')} must lie in [0, 1], got {value}")
     if tta not in (1, 2, 8):
         raise ValueError(f"--tta must be 1, 2 or 8, got {tta}")
-    if images_at_once is not None and images_at_once < 1:
-        raise ValueError(f"--images-at-once must be at least 1, got {images_at_once}")
+    for name, value in (("images-at-once", images_at_once), ("batch-images", batch_images)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
+    if images_at_once is not None and batch_images is not None and images_at_once < batch_images:
+        raise ValueError(f"--images-at-once {images_at_once} is below --batch-images {batch_images}: a batch is "
+                         "labelled at once; raise the one or lower the other")
     if sam and refine != "sam":
         say(f"--sam is used with --refine sam only; refining with {refine}")
     if labeled and not dinov2:
@@ -221,16 +231,8 @@ def pseudo_label(checkpoint: str | Path, images: str | Path | Sequence[str | Pat
             stats = {"done": 0, "skipped": len(paths) - len(todo)}
             class_pixels = np.zeros(NUM_CLASSES + 1, np.int64)  # the last bin counts ignored pixels
 
-            def label_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-                """(confidence, pseudo mask, refiner stats) of one image."""
-                probs = predict_proba(model, to_tensor(image, device_), tile_size=tile_size, tta=tta)[0]
-                if feature_teacher is not None:
-                    from ssl_seg.pseudo.features import combine
-
-                    labels, confidence, _ = combine(probs.cpu().numpy(), feature_teacher.predict_proba(image))
-                else:
-                    confidence, labels = (t.cpu().numpy() for t in probs.max(dim=0))
-                    labels = labels.astype(np.uint8)
+            def refined(image: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> tuple:
+                """(confidence, pseudo mask, refiner stats) of one image from the teacher's labels."""
                 confidence = confidence.astype(np.float32)
                 balanced = class_balanced_confidence(labels, confidence, threshold, class_balance)
                 if refiner == "sam":
@@ -241,27 +243,65 @@ def pseudo_label(checkpoint: str | Path, images: str | Path | Sequence[str | Pat
                     pseudo, info = threshold_labels(labels, balanced, threshold), {"changed_pixels": 0}
                 return confidence, pseudo, info
 
-            # Results are taken in order whatever images_at_once is. PNG encoding runs on writer threads.
-            in_flight = images_at_once or (4 if device_.type == "cuda" else 1)  # 4: see experiments/PERFORMANCE.md
-            labelers, writers = ThreadPoolExecutor(max_workers=in_flight), ThreadPoolExecutor(max_workers=2 * in_flight)
-            labelling, pending, unreadable = deque(), deque(), None
+            def label_batch(images: list[np.ndarray]) -> list[tuple]:
+                """``refined`` of each of ``images`` (one size): one teacher call for the tiles of all, one copy
+                of their labels and confidences to the host."""
+                probs = predict_proba(model, torch.cat([to_tensor(image, device_) for image in images]),
+                                      tile_size=tile_size, tta=tta)
+                if feature_teacher is not None:
+                    from ssl_seg.pseudo.features import combine
+
+                    merged = [combine(p, feature_teacher.predict_proba(image))
+                              for p, image in zip(probs.cpu().numpy(), images)]
+                    return [refined(image, labels, confidence) for image, (labels, confidence, _) in zip(images, merged)]
+                confidence, labels = probs.max(dim=1)
+                confidence, labels = confidence.cpu().numpy(), labels.to(torch.uint8).cpu().numpy()
+                return [refined(image, labels[i], confidence[i]) for i, image in enumerate(images)]
+
+            # Results are taken in order whatever the batch and images_at_once. PNG encoding runs on writer threads.
+            # 8 images of tiles fill a GPU better than one (no GPU figure yet: experiments/PERFORMANCE.md)
+            per_call = batch_images or min(8 if device_.type == "cuda" else 1, images_at_once or 8)
+            in_flight = max(1, (images_at_once or (2 * per_call if device_.type == "cuda" else per_call)) // per_call)
+            labelers = ThreadPoolExecutor(max_workers=in_flight)
+            writers = ThreadPoolExecutor(max_workers=min(16, 2 * in_flight * per_call))  # a batch ends at once
+            labelling, pending, unreadable, waiting = deque(), deque(), None, None
             images_in = iter(decoded_images(todo, workers))
             bar = tqdm(total=len(todo), desc=f"pseudo-label {shard_index}/{shard_count}", disable=not progress)
-            try:
-                for i in range(len(todo)):
-                    while unreadable is None and len(labelling) < in_flight:
-                        try:
-                            path, image = next(images_in)
-                        except StopIteration:
-                            break
-                        except DataError as exc:  # raised once the images before it are done and written
-                            unreadable = exc
-                            break
-                        labelling.append((path, image, labelers.submit(label_image, image)))
+
+            def next_batch() -> list[tuple[Path, np.ndarray]]:
+                """Up to ``per_call`` next images of one size; an image of another size opens the next batch."""
+                nonlocal unreadable, waiting
+                batch = [waiting] if waiting is not None else []
+                waiting = None
+                while unreadable is None and len(batch) < per_call:
+                    try:
+                        path, image = next(images_in)
+                    except StopIteration:
+                        break
+                    except DataError as exc:  # raised once the images before it are done and written
+                        unreadable = exc
+                        break
+                    if batch and image.shape != batch[0][1].shape:
+                        waiting = (path, image)
+                        break
+                    batch.append((path, image))
+                return batch
+
+            def finished_images():
+                """(path, image, (confidence, pseudo, info)) of each image, in order."""
+                while True:
+                    while len(labelling) < in_flight and (batch := next_batch()):
+                        labelling.append((batch, labelers.submit(label_batch, [image for _, image in batch])))
                     if not labelling:
-                        raise unreadable
-                    path, image, job = labelling.popleft()
-                    confidence, pseudo, info = job.result()
+                        if unreadable is not None:
+                            raise unreadable
+                        return
+                    batch, job = labelling.popleft()
+                    for (path, image), result in zip(batch, job.result()):
+                        yield path, image, result
+
+            try:
+                for i, (path, image, (confidence, pseudo, info)) in enumerate(finished_images()):
                     counts = np.bincount(pseudo.ravel(), minlength=256)
                     class_pixels += np.append(counts[:NUM_CLASSES], counts[IGNORE_INDEX])
                     entry = {
@@ -273,7 +313,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path | Sequence[str | Pat
                         **{key: settings[key] for key in SETTING_KEYS},
                     }
                     pending.append(writers.submit(write_outputs, out, path.stem, pseudo, confidence, entry))
-                    while len(pending) > 8:
+                    while len(pending) > max(8, 2 * per_call):
                         pending.popleft().result()
                     stats["done"] += 1
                     bar.update()

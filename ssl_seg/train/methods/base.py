@@ -99,3 +99,46 @@ class Method:
 
     def network(self, model):
         return model
+
+
+def confident_pixels(confidence: torch.Tensor, label: torch.Tensor, threshold: float, class_balance: float = 0.0,
+                     class_thresholds: str = "fixed", inside: torch.Tensor | None = None):
+    """1 where the weak view's ``confidence`` reaches ``threshold``; with ``class_balance`` > 0, each predicted
+    class also keeps the most confident ``class_balance`` share of its pixels, so that a class the teacher is
+    never sure of (early in a from-scratch run, the macerals) is still taught; the online, per-batch
+    counterpart of ``pseudo.refine.class_balanced_confidence``. It hurt in experiments/RESULTS.md, so 0 is the default.
+    With ``class_thresholds="teacher_mean"`` each predicted class's threshold is the lower of ``threshold`` and
+    the batch's mean confidence on that class: the threshold follows the teacher up (FlexMatch's idea, per
+    batch), so a class it is unsure of is taught from its surer half and one it is sure of from ``threshold``;
+    the means are over the pixels ``inside`` the image (1; 0 for padding brought in by the geometry).
+
+    >>> confidence = torch.tensor([[[0.99, 0.95, 0.6, 0.4]]])
+    >>> label = torch.tensor([[[0, 0, 1, 1]]])
+    >>> confident_pixels(confidence, label, 0.9).tolist(), confident_pixels(confidence, label, 0.9, 0.5).tolist()
+    ([[[1.0, 1.0, 0.0, 0.0]]], [[[1.0, 1.0, 1.0, 0.0]]])
+    >>> confident_pixels(confidence, label, 0.9, class_thresholds="teacher_mean").tolist()
+    [[[1.0, 1.0, 1.0, 0.0]]]
+    """
+    if class_thresholds == "teacher_mean":
+        weight = (torch.ones_like(confidence) if inside is None else inside).flatten().float()
+        means = torch.zeros(NUM_CLASSES, device=label.device).index_add_(0, label.flatten(),
+                                                                        confidence.flatten().float() * weight)
+        means /= torch.zeros(NUM_CLASSES, device=label.device).index_add_(0, label.flatten(), weight).clamp(min=1e-6)
+        threshold = means.clamp(max=threshold)[label]
+    keep = confidence >= threshold
+    if class_balance > 0:
+        for c in label.unique():
+            of_class = label == c
+            floor = torch.quantile(confidence[of_class].float(), 1.0 - class_balance)
+            keep |= of_class & (confidence >= floor)
+    return keep.float()
+
+
+def true_pixels(truth: list, inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``oracle_pseudo_labels``: the unlabeled crops' true masks (``truth``: [maps]) as labels, kept wherever
+    known and inside the image; the ceiling any teacher could reach."""
+    if not truth:
+        raise ValueError("oracle_pseudo_labels needs the unlabeled images' true masks in train/unlabeled_truth/ "
+                         "(procedural data written with unlabeled_truth=True)")
+    known = truth[0] != IGNORE_INDEX
+    return torch.where(known, truth[0], torch.zeros_like(truth[0])), known.float() * inside

@@ -16,9 +16,8 @@ import torch
 
 from ssl_seg import IGNORE_INDEX
 from ssl_seg.train.losses import pixel_weighted_loss
-from ssl_seg.train.methods.base import Method, online_label_logs
+from ssl_seg.train.methods.base import Method, confident_pixels, online_label_logs, true_pixels
 from ssl_seg.train.methods.supervised import labeled_view
-from ssl_seg.train.methods.unimatch import confident_pixels
 
 
 def paste_boxes(n: int, height: int, width: int, side: float, device=None) -> torch.Tensor:
@@ -64,13 +63,16 @@ class CopyPaste(Method):
             partner = torch.roll(torch.arange(images_x.shape[0], device=images_x.device), 1)
             images_u, label_u, weight_u = images_x[partner], masks_x[partner], (masks_x[partner] != IGNORE_INDEX)
             weight_u = weight_u.float()
+        elif cfg.oracle_pseudo_labels:
+            label_u, keep = true_pixels(truth, inside)
         elif cfg.pseudo_labels:  # the offline pseudo-labels of ``pseudo-label`` take the teacher's place
             keep = (pseudo_u != IGNORE_INDEX).float()
             label_u = torch.where(keep > 0, pseudo_u, torch.zeros_like(pseudo_u))
         else:
             with ctx.timer("teacher"), torch.no_grad(), ctx.autocast():
                 confidence, label_u = teacher(images_u).float().softmax(dim=1).max(dim=1)
-            keep = confident_pixels(confidence, label_u, cfg.consistency_threshold) * inside
+            keep = confident_pixels(confidence, label_u, cfg.consistency_threshold,
+                                    class_thresholds=cfg.class_thresholds, inside=inside) * inside
         if not warming_up:
             weight_u = keep * (cfg.copy_paste_unlabeled_weight * ctx.ramp(step))
         # pair i with i: both sets have the same number of crops at labeled_ratio 0.5, else the smaller set repeats

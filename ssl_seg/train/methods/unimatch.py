@@ -19,7 +19,7 @@ from torch import nn
 from ssl_seg import IGNORE_INDEX
 from ssl_seg.augment import cutmix
 from ssl_seg.train.losses import pixel_weighted_loss
-from ssl_seg.train.methods.base import Method, online_label_logs
+from ssl_seg.train.methods.base import Method, confident_pixels, online_label_logs, true_pixels
 from ssl_seg.train.methods.supervised import labeled_view
 
 
@@ -71,7 +71,9 @@ class UniMatch(Method):
                 weak_logits = logits[n_x:].detach()
             confidence, label = weak_logits.float().softmax(dim=1).max(dim=1)
             keep = confident_pixels(confidence, label, cfg.consistency_threshold,
-                                    cfg.consistency_class_balance) * inside
+                                    cfg.consistency_class_balance, cfg.class_thresholds, inside) * inside
+            if cfg.oracle_pseudo_labels:
+                label, keep = true_pixels(truth, inside)
         with ctx.timer("augment"):
             strong_1, label_1, keep_1 = self._strong_view(images_u, label, keep)
             strong_2, label_2, keep_2 = self._strong_view(images_u, label, keep)
@@ -97,22 +99,3 @@ class UniMatch(Method):
             logs.update(online_label_logs(label, keep, inside, truth))
         return loss, logs
 
-
-def confident_pixels(confidence: torch.Tensor, label: torch.Tensor, threshold: float, class_balance: float = 0.0):
-    """1 where the weak view's ``confidence`` reaches ``threshold``; with ``class_balance`` > 0, each predicted
-    class also keeps the most confident ``class_balance`` share of its pixels, so that a class the teacher is
-    never sure of (early in a from-scratch run, the macerals) is still taught; the online, per-batch
-    counterpart of ``pseudo.refine.class_balanced_confidence``. It hurt in experiments/RESULTS.md, so 0 is the default.
-
-    >>> confidence = torch.tensor([[[0.99, 0.95, 0.6, 0.4]]])
-    >>> label = torch.tensor([[[0, 0, 1, 1]]])
-    >>> confident_pixels(confidence, label, 0.9).tolist(), confident_pixels(confidence, label, 0.9, 0.5).tolist()
-    ([[[1.0, 1.0, 0.0, 0.0]]], [[[1.0, 1.0, 1.0, 0.0]]])
-    """
-    keep = confidence >= threshold
-    if class_balance > 0:
-        for c in label.unique():
-            of_class = label == c
-            floor = torch.quantile(confidence[of_class].float(), 1.0 - class_balance)
-            keep |= of_class & (confidence >= floor)
-    return keep.float()
