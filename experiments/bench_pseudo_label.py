@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
                          [(pseudo_folder, "save_json", clock), (SamRefiner, "refine", prompts.method())],
                          images_at_once=args.images_at_once, batch_images=args.batch_images)
         wall = time.perf_counter() - start
-        per_call = args.batch_images or min(8 if device.type == "cuda" else 1, args.images_at_once or 8)
+        per_call, _ = pseudo_run.batching(device, args.images_at_once, args.batch_images)
         images_per_s, timed_seconds = clock.rate(args.warmup, per_call)
         peak_memory = common.peak_memory_gib(device)
 

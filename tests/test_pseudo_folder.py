@@ -417,3 +417,24 @@ def test_images_from_several_folders_and_a_list_file_keep_unique_ids(setup, tmp_
     (tmp_path / "bad.txt").write_text("nowhere.jpg\n")
     assert main([*args, "--images", str(tmp_path / "bad.txt")]) == 2
     assert "bad.txt, line 1: image nowhere.jpg not found" in capsys.readouterr().err
+
+
+def test_a_lock_held_only_by_a_killed_runs_workers_is_waited_for(tmp_path):
+    """SIGKILL leaves the run's forked decoding workers holding its lock a few seconds: the next run waits."""
+    import socket
+    import subprocess
+    import sys
+
+    from ssl_seg.data.lock import LOCK_NAME, folder_lock
+
+    out = tmp_path / "pl"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK_NAME).write_text(f"pid {dead.stdout.strip()} on {socket.gethostname()}")
+    worker = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5)",
+                               str(out / LOCK_NAME)], stdout=subprocess.PIPE, text=True)
+    assert worker.stdout.readline().strip() == "locked"
+    with folder_lock(out):  # refused at once before the fix
+        assert worker.poll() is not None
+    worker.wait()

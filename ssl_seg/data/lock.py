@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from pathlib import Path
 
 from ssl_seg.data.io import output_folder
@@ -18,9 +19,29 @@ except ImportError:  # Windows: no advisory locks; runs are not guarded there
 LOCK_NAME = ".pseudo-label.lock"
 
 
+# A killed run's image-decoding workers (forked, so they share its lock) outlive it by a few seconds.
+ORPHAN_WAIT_S = 30.0
+
+
+def _holder_gone(held_by: str) -> bool:
+    """Whether the run named in a lock file ("pid N on HOST") was on this host and has ended."""
+    words = held_by.split()
+    if len(words) != 4 or words[0] != "pid" or words[2] != "on" or words[3] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(words[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
+
+
 def _locked(path: Path, mode: int, folder: Path, holder: str | None = None):
     """``path`` opened and flock-ed with ``mode``; DataError naming the holder when another run has it. A lock
-    file is unlinked by the exclusive holder that ends (below), so the file locked must still be ``path``."""
+    file is unlinked by the exclusive holder that ends (below), so the file locked must still be ``path``.
+    A lock whose recorded holder has ended is held only by its orphaned workers: it is waited for."""
+    deadline = time.monotonic() + ORPHAN_WAIT_S
     while True:
         handle = open(path, "a+")
         try:
@@ -29,6 +50,9 @@ def _locked(path: Path, mode: int, folder: Path, holder: str | None = None):
             handle.seek(0)
             held_by = holder or handle.read().strip() or "the shards of a sharded run"
             handle.close()
+            if _holder_gone(held_by) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
             raise DataError(f"{folder} is in use by another pseudo-label run ({held_by}); wait for it to end, or "
                             "write to another --out (runs that share a folder split it with --shard i/n)") from None
         try:

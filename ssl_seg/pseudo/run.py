@@ -154,6 +154,14 @@ def class_histogram_figure(class_pixels: np.ndarray):
     return fig
 
 
+def batching(device, images_at_once: int | None, batch_images: int | None) -> tuple[int, int]:
+    """(images per teacher call, batches in flight) of ``pseudo_label`` on ``device`` (``torch.device``)."""
+    # 8 images of tiles fill a GPU better than one (no GPU figure yet: experiments/PERFORMANCE.md)
+    per_call = batch_images or min(8 if device.type == "cuda" else 1, images_at_once or 8)
+    in_flight = max(1, (images_at_once or (2 * per_call if device.type == "cuda" else per_call)) // per_call)
+    return per_call, in_flight
+
+
 def pseudo_label(checkpoint: str | Path, images: str | Path | Sequence[str | Path], out: str | Path,
                  refine: str = "none", sam: str | None = None, dinov2: str | None = None, labeled: str | None = None,
                  binary_class: str | None = None,
@@ -259,9 +267,7 @@ def pseudo_label(checkpoint: str | Path, images: str | Path | Sequence[str | Pat
                 return [refined(image, labels[i], confidence[i]) for i, image in enumerate(images)]
 
             # Results are taken in order whatever the batch and images_at_once. PNG encoding runs on writer threads.
-            # 8 images of tiles fill a GPU better than one (no GPU figure yet: experiments/PERFORMANCE.md)
-            per_call = batch_images or min(8 if device_.type == "cuda" else 1, images_at_once or 8)
-            in_flight = max(1, (images_at_once or (2 * per_call if device_.type == "cuda" else per_call)) // per_call)
+            per_call, in_flight = batching(device_, images_at_once, batch_images)
             labelers = ThreadPoolExecutor(max_workers=in_flight)
             writers = ThreadPoolExecutor(max_workers=min(16, 2 * in_flight * per_call))  # a batch ends at once
             labelling, pending, unreadable, waiting = deque(), deque(), None, None
