@@ -17,7 +17,9 @@ No validation split (8 labeled images are too few to pick a checkpoint by): ever
 last step, on the test scenes, by the SS2 metric on the maceral classes (foreground micro Jaccard),
 once with its raw weights and once with their EMA (``ema_decay``; the ``<arm> ema`` columns). The
 table gives per-seed scores, each method's gain (raw, then EMA) over the best supervised budget and
-weights, its mean, standard error and wins. Finished arms are kept: rerunning with the same ``--out`` resumes.
+weights, its mean, standard error and wins. Each arm's test IoU per class (raw weights) is printed and
+kept in the results JSON (``test_iou_per_class``): which class carries or sinks a score. Finished arms
+are kept: rerunning with the same ``--out`` resumes.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ def arm_score(data: Path, run: Path, cfg, mode: str, tile_size: int) -> dict:
         out["micro_jaccard_macerals_ema"] = test_score(ema_checkpoint(run / "latest.pth", run / "ema.pth"), data,
                                                        run / "pred_ema", tile_size)
         save_json(result, out)
+    if "iou" not in out:  # which class carries or sinks the score; added to arms scored before it was kept
+        summary = evaluate_dirs(run / "pred", data / "test_answers")
+        out["iou"] = {name: round(summary[f"iou/{name}"], 4) for name in CLASS_NAMES}
+        save_json(result, out)
     return out
 
 
@@ -108,8 +114,11 @@ def run_seed(seed: int, args) -> dict:
         arm = method + args.tag
         rows[arm] = arm_score(data, root / arm, cfg, "pretrain", 256)
         print(f"seed {seed} {arm}: pseudo-labels by quarter of the run {pseudo_label_curve(root / arm)}")
-    return {**{arm: row["micro_jaccard_macerals"] for arm, row in rows.items()},
-            **{f"{arm} ema": row["micro_jaccard_macerals_ema"] for arm, row in rows.items()}}
+    for arm, row in rows.items():
+        print(f"seed {seed} {arm}: test IoU per class {row['iou']}")
+    scores = {**{arm: row["micro_jaccard_macerals"] for arm, row in rows.items()},
+              **{f"{arm} ema": row["micro_jaccard_macerals_ema"] for arm, row in rows.items()}}
+    return scores, {arm: row["iou"] for arm, row in rows.items()}
 
 
 def table(results: dict[int, dict], methods: list[str], tag: str = "") -> str:
@@ -153,10 +162,13 @@ def main() -> None:
     if args.smoke:
         args.seeds, args.steps, args.unlabeled, args.test, args.size, args.tile_size = [0], 3, 4, 2, [64, 80], 64
         args.budgets, args.labeled, args.batch_size = [1], 3, 2
-    results = {seed: run_seed(seed, args) for seed in args.seeds}
+    results, class_iou = {}, {}
+    for seed in args.seeds:
+        results[seed], class_iou[seed] = run_seed(seed, args)
     text = table(results, args.methods, args.tag)
     print(text)
     save_json(Path(args.out) / f"results{args.tag}.json", {"args": vars(args), "scores": results, "table": text,
+                                                "test_iou_per_class": class_iou,
                                                 "command": " ".join(sys.argv)})
 
 

@@ -113,6 +113,10 @@ def test_online_ssl_benchmark_smoke(tmp_path):
     assert set(scores) == {"supervised@1x", "unimatch", "supervised@1x ema", "unimatch ema"}
     assert all(0 <= v <= 1 for v in scores.values())
     assert "unimatch vs best supervised" in result["table"] and "unimatch ema vs best supervised" in result["table"]
+    per_class = result["test_iou_per_class"]["0"]
+    assert set(per_class) == {"supervised@1x", "unimatch"}
+    assert all(set(ious) == {"background", "inertinite", "vitrinite", "liptinite"} and all(0 <= v <= 1 for v in ious.values())
+               for ious in per_class.values())
 
 
 def test_real_coal_kfold_smoke(tmp_path, real_data):
