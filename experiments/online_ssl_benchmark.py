@@ -49,28 +49,34 @@ def ema_checkpoint(latest: Path, out: Path) -> Path:
     return out
 
 
-def test_score(checkpoint: Path, data: Path, pred: Path, tile_size: int) -> float:
+def test_summary(checkpoint: Path, data: Path, pred: Path, tile_size: int) -> dict:
+    """``evaluate_dirs``'s summary of ``checkpoint``'s predictions of the test scenes."""
     predict_folder(checkpoint, data / "test", pred, tile_size=tile_size, device="cpu", workers=0, progress=False)
-    return evaluate_dirs(pred, data / "test_answers")["micro_jaccard_macerals"]
+    return evaluate_dirs(pred, data / "test_answers")
+
+
+def class_iou(summary: dict) -> dict[str, float]:
+    return {name: round(summary[f"iou/{name}"], 4) for name in CLASS_NAMES}
 
 
 def arm_score(data: Path, run: Path, cfg, mode: str, tile_size: int) -> dict:
-    """Train one arm (unless done) and score its last step on the test scenes, the raw weights and their EMA."""
+    """Train one arm (unless done) and score its last step on the test scenes, the raw weights and their EMA.
+    Arms scored before a field was kept get it from their stored predictions or checkpoint."""
     result = run / "score.json"
     out = json.loads(result.read_text()) if result.is_file() else {}
     if not out:
         tick = time.perf_counter()
         train(cfg, data, run, mode=mode, progress=False, resume=True)
-        out = {"micro_jaccard_macerals": test_score(run / "latest.pth", data, run / "pred", tile_size),
-               "train_seconds": time.perf_counter() - tick}
-    if "micro_jaccard_macerals_ema" not in out:  # also added to arms scored before it was measured
-        out["micro_jaccard_macerals_ema"] = test_score(ema_checkpoint(run / "latest.pth", run / "ema.pth"), data,
-                                                       run / "pred_ema", tile_size)
-        save_json(result, out)
-    if "iou" not in out:  # which class carries or sinks the score; added to arms scored before it was kept
-        summary = evaluate_dirs(run / "pred", data / "test_answers")
-        out["iou"] = {name: round(summary[f"iou/{name}"], 4) for name in CLASS_NAMES}
-        save_json(result, out)
+        seconds = time.perf_counter() - tick
+        summary = test_summary(run / "latest.pth", data, run / "pred", tile_size)
+        out = {"micro_jaccard_macerals": summary["micro_jaccard_macerals"], "train_seconds": seconds,
+               "iou": class_iou(summary)}
+    if "iou" not in out:  # which class carries or sinks the score
+        out["iou"] = class_iou(evaluate_dirs(run / "pred", data / "test_answers"))
+    if "micro_jaccard_macerals_ema" not in out:
+        out["micro_jaccard_macerals_ema"] = test_summary(ema_checkpoint(run / "latest.pth", run / "ema.pth"), data,
+                                                         run / "pred_ema", tile_size)["micro_jaccard_macerals"]
+    save_json(result, out)
     return out
 
 
@@ -162,13 +168,13 @@ def main() -> None:
     if args.smoke:
         args.seeds, args.steps, args.unlabeled, args.test, args.size, args.tile_size = [0], 3, 4, 2, [64, 80], 64
         args.budgets, args.labeled, args.batch_size = [1], 3, 2
-    results, class_iou = {}, {}
+    results, per_class = {}, {}
     for seed in args.seeds:
-        results[seed], class_iou[seed] = run_seed(seed, args)
+        results[seed], per_class[seed] = run_seed(seed, args)
     text = table(results, args.methods, args.tag)
     print(text)
     save_json(Path(args.out) / f"results{args.tag}.json", {"args": vars(args), "scores": results, "table": text,
-                                                "test_iou_per_class": class_iou,
+                                                "test_iou_per_class": per_class,
                                                 "command": " ".join(sys.argv)})
 
 

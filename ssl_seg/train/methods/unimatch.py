@@ -63,17 +63,18 @@ class UniMatch(Method):
         with ctx.timer("compute"), ctx.autocast():
             both = weak_u if images_x is None else torch.cat([images_x, weak_u])
             logits, logits_fp = net(both, n_perturbed=n_u)
-        with ctx.timer("teacher"), torch.no_grad():
-            if cfg.unimatch_teacher == "ema":
-                with ctx.autocast():
-                    weak_logits = teacher(weak_u)
-            else:
-                weak_logits = logits[n_x:].detach()
-            confidence, label = weak_logits.float().softmax(dim=1).max(dim=1)
-            keep = confident_pixels(confidence, label, cfg.consistency_threshold,
-                                    cfg.consistency_class_balance, cfg.class_thresholds, inside) * inside
-            if cfg.oracle_pseudo_labels:
-                label, keep = true_pixels(truth, inside)
+        if cfg.oracle_pseudo_labels:  # the truth in the teacher's place: no teacher call
+            label, keep = true_pixels(truth, inside)
+        else:
+            with ctx.timer("teacher"), torch.no_grad():
+                if cfg.unimatch_teacher == "ema":
+                    with ctx.autocast():
+                        weak_logits = teacher(weak_u)
+                else:
+                    weak_logits = logits[n_x:].detach()
+                confidence, label = weak_logits.float().softmax(dim=1).max(dim=1)
+                keep = confident_pixels(confidence, label, cfg.consistency_threshold,
+                                        cfg.consistency_class_balance, cfg.class_thresholds, inside) * inside
         with ctx.timer("augment"):
             strong_1, label_1, keep_1 = self._strong_view(images_u, label, keep)
             strong_2, label_2, keep_2 = self._strong_view(images_u, label, keep)
