@@ -17,8 +17,9 @@ No validation split (8 labeled images are too few to pick a checkpoint by): ever
 last step, on the test scenes, by the SS2 metric on the maceral classes (foreground micro Jaccard),
 once with its raw weights and once with their EMA (``ema_decay``; the ``<arm> ema`` columns). The
 table gives per-seed scores, each method's gain (raw, then EMA) over the best supervised budget and
-weights, its mean, standard error and wins. Each arm's test IoU per class (raw weights) is printed and
-kept in the results JSON (``test_iou_per_class``): which class carries or sinks a score. Finished arms
+weights, its mean, standard error and wins. Each arm's test IoU per class (raw weights), over all
+test scenes and within each illumination (white light, fluorescence), is printed and kept in the results
+JSON (``test_iou_per_class``): which class carries or sinks a score, and in which light. Finished arms
 are kept: rerunning with the same ``--out`` resumes.
 """
 
@@ -31,11 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ssl_seg import CLASS_NAMES
 from ssl_seg.config import load_config
 from ssl_seg.data.io import save_json
 from ssl_seg.data.synthetic import write_dataset
 from ssl_seg.evaluate import evaluate_dirs
+from ssl_seg.metrics import confusion_matrix, per_class_iou
 from ssl_seg.predict import predict_folder
 from ssl_seg.train.checkpoint import load_checkpoint, save_checkpoint
 from ssl_seg.train.loop import train
@@ -59,7 +63,20 @@ def class_iou(summary: dict) -> dict[str, float]:
     return {name: round(summary[f"iou/{name}"], 4) for name in CLASS_NAMES}
 
 
-def arm_score(data: Path, run: Path, cfg, mode: str, tile_size: int) -> dict:
+def iou_by_mode(pred: Path, answers: Path, scene_modes: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Test IoU per class within each illumination mode: a class can be learned in one light and not the other."""
+    totals = {}
+    for path in sorted(pred.glob("*_pred.npy")):
+        scene_id = path.name.removesuffix("_pred.npy")
+        cm = confusion_matrix(np.load(answers / f"{scene_id}_gt.npy"), np.load(path))
+        mode = scene_modes[scene_id]
+        totals[mode] = totals.get(mode, 0) + cm
+    return {mode: {name: None if np.isnan(v) else round(float(v), 4)  # None: a class absent in that light
+                   for name, v in zip(CLASS_NAMES, per_class_iou(cm))}
+            for mode, cm in sorted(totals.items())}
+
+
+def arm_score(data: Path, run: Path, cfg, mode: str, tile_size: int, scene_modes: dict[str, str]) -> dict:
     """Train one arm (unless done) and score its last step on the test scenes, the raw weights and their EMA.
     Arms scored before a field was kept get it from their stored predictions or checkpoint."""
     result = run / "score.json"
@@ -73,6 +90,8 @@ def arm_score(data: Path, run: Path, cfg, mode: str, tile_size: int) -> dict:
                "iou": class_iou(summary)}
     if "iou" not in out:  # which class carries or sinks the score
         out["iou"] = class_iou(evaluate_dirs(run / "pred", data / "test_answers"))
+    if "iou_by_mode" not in out:
+        out["iou_by_mode"] = iou_by_mode(run / "pred", data / "test_answers", scene_modes)
     if "micro_jaccard_macerals_ema" not in out:
         out["micro_jaccard_macerals_ema"] = test_summary(ema_checkpoint(run / "latest.pth", run / "ema.pth"), data,
                                                          run / "pred_ema", tile_size)["micro_jaccard_macerals"]
@@ -103,28 +122,28 @@ def run_seed(seed: int, args) -> dict:
     root = Path(args.out) / f"seed{seed}"
     data = root / "data"
     height, width = args.size
-    write_dataset(data, args.labeled, args.unlabeled, args.test, (height, width), seed, progress=False,
-                  magnification=2.5, unlabeled_truth=True)  # the truth: for TensorBoard's train/pseudo_jaccard only
+    scene_modes = write_dataset(data, args.labeled, args.unlabeled, args.test, (height, width), seed, progress=False,
+                                magnification=2.5, unlabeled_truth=True)["scene_modes"]  # truth: for diagnostics
     common = {"model": args.model, "batch_size": args.batch_size, "tile_size": args.tile_size, "lr": args.lr,
               "val_fraction": 0.0, "seed": seed, "num_workers": args.num_workers, "device": "cpu",
               "warmup_steps": max(1, args.steps // 20), "log_every": 10, "val_every": 10**9}
     rows = {}
     for budget in args.budgets:
         cfg = load_config(None, {**common, "steps": args.steps * budget})
-        rows[f"supervised@{budget}x"] = arm_score(data, root / f"supervised_{budget}x", cfg, "finetune", 256)
+        rows[f"supervised@{budget}x"] = arm_score(data, root / f"supervised_{budget}x", cfg, "finetune", 256, scene_modes)
     for method in args.methods:
         cfg = load_config(None, {**common, "steps": args.steps, "batch_size": 2 * args.batch_size,
                                  "labeled_ratio": 0.5, "method": method, "rampup_fraction": args.rampup,
                                  "consistency_threshold": args.threshold}, )
         cfg = load_config(None, args.set, base=cfg)
         arm = method + args.tag
-        rows[arm] = arm_score(data, root / arm, cfg, "pretrain", 256)
+        rows[arm] = arm_score(data, root / arm, cfg, "pretrain", 256, scene_modes)
         print(f"seed {seed} {arm}: pseudo-labels by quarter of the run {pseudo_label_curve(root / arm)}")
     for arm, row in rows.items():
-        print(f"seed {seed} {arm}: test IoU per class {row['iou']}")
+        print(f"seed {seed} {arm}: test IoU per class {row['iou']}; by illumination {row['iou_by_mode']}")
     scores = {**{arm: row["micro_jaccard_macerals"] for arm, row in rows.items()},
               **{f"{arm} ema": row["micro_jaccard_macerals_ema"] for arm, row in rows.items()}}
-    return scores, {arm: row["iou"] for arm, row in rows.items()}
+    return scores, {arm: {"all": row["iou"], **row["iou_by_mode"]} for arm, row in rows.items()}
 
 
 def table(results: dict[int, dict], methods: list[str], tag: str = "") -> str:

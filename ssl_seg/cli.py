@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         summary = write_dataset(args.out, args.labeled, args.unlabeled, args.test, args.size, args.seed,
                                 progress=not args.no_progress, magnification=args.magnification,
                                 unlabeled_truth=args.unlabeled_truth)
+        summary.pop("scene_modes")  # one line per scene: for scripts, not the terminal
         print(json.dumps(summary, indent=2))
     elif args.command in ("finetune", "pretrain"):
         from ssl_seg.train.loop import train

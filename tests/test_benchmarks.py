@@ -115,8 +115,11 @@ def test_online_ssl_benchmark_smoke(tmp_path):
     assert "unimatch vs best supervised" in result["table"] and "unimatch ema vs best supervised" in result["table"]
     per_class = result["test_iou_per_class"]["0"]
     assert set(per_class) == {"supervised@1x", "unimatch"}
-    assert all(set(ious) == {"background", "inertinite", "vitrinite", "liptinite"} and all(0 <= v <= 1 for v in ious.values())
-               for ious in per_class.values())
+    for split in per_class.values():  # over all test scenes, then within each illumination present
+        assert "all" in split and set(split) <= {"all", "white", "fluorescence"} and len(split) > 1
+        assert all(set(ious) == {"background", "inertinite", "vitrinite", "liptinite"} for ious in split.values())
+        assert all(0 <= v <= 1 for v in split["all"].values())
+        assert all(v is None or 0 <= v <= 1 for ious in split.values() for v in ious.values())
 
 
 def test_real_coal_kfold_smoke(tmp_path, real_data):
@@ -127,3 +130,35 @@ def test_real_coal_kfold_smoke(tmp_path, real_data):
     assert all(0 <= v <= 1 for v in result["scores"]["0"].values())
     held_out = sorted(p.name for fold in range(3) for p in (tmp_path / f"fold{fold}" / "data" / "test").iterdir())
     assert held_out == sorted(p.name for p in (real_data / "coal_maceral" / "images").iterdir())  # each image once
+
+
+@pytest.mark.parametrize("ablation", ["none", "flips"])
+def test_recipe_fit_probe_ablates_augmentation(tmp_path, ablation):
+    from ssl_seg.data.synthetic import write_dataset
+
+    write_dataset(tmp_path / "data", 2, 3, 1, (64, 80), 0, progress=False, unlabeled_truth=True)
+    subprocess.run([sys.executable, str(EXPERIMENTS / "recipe_fit_probe.py"), "--name", "probe", "--steps", "2",
+                    "--data", str(tmp_path / "data"), "--out", str(tmp_path), "--augment", ablation,
+                    "--set", "tile_size=64", *(["--all-truth"] if ablation == "none" else [])],
+                   check=True, capture_output=True, text=True, timeout=300)
+    result = json.loads((tmp_path / "results.jsonl").read_text())
+    assert result["augment"] == ablation and result["steps"] == 2
+    trained_on = len(list((tmp_path / "probe_s0" / "pred_train").glob("*_pred.npy")))
+    assert trained_on == (5 if ablation == "none" else 2)  # --all-truth: the unlabeled scenes join, with their truth
+    assert 0 <= result["train"] <= 1 and 0 <= result["test"] <= 1
+    assert set(result["test_iou"]) == {"background", "inertinite", "vitrinite", "liptinite"}
+
+
+def test_recipe_fit_probe_augmentation_ablations(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    import ssl_seg.augment as augment
+    from recipe_fit_probe import ablate_augmentation
+
+    monkeypatch.setattr(augment, "photometric", augment.photometric)
+    monkeypatch.setattr(augment, "GeometricAugment", augment.GeometricAugment)
+    images, masks = torch.rand(2, 3, 16, 16), torch.randint(0, 4, (2, 16, 16))
+    ablate_augmentation("none")
+    pipeline = augment.TrainAugment()
+    out_images, out_masks = pipeline.geometric(images, masks)
+    assert torch.equal(out_images, images) and torch.equal(out_masks, masks)
+    assert torch.equal(pipeline.weak(images), images) and torch.equal(pipeline.student(images), images)

@@ -102,6 +102,8 @@ def test_write_dataset_layout(tmp_path):
     assert summary["counts"] == {"labeled": 3, "unlabeled": 4, "test": 2}
     assert summary["written"] == 9 and summary["skipped"] == 0
     assert sum(summary["modes"].values()) == 9
+    assert sorted(summary["scene_modes"]) == sorted(ids)
+    assert {mode: list(summary["scene_modes"].values()).count(mode) for mode in summary["modes"]} == summary["modes"]
     assert sum(summary["class_fractions"].values()) == pytest.approx(1.0)
     assert not [path for path in tmp_path.rglob(".*")], "temporary files must be renamed into place"
 

@@ -732,7 +732,8 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
     interrupted run resumes. ``out/synth.json`` records the ``magnification`` (see
     ``render_scene``); adding scenes at another one is refused. ``unlabeled_truth=True`` also
     writes the masks of the unlabeled scenes to ``out/train/unlabeled_truth/`` (for diagnostics
-    such as pseudo-label accuracy; training never reads them). Example:
+    such as pseudo-label accuracy; training never reads them). The summary's ``scene_modes`` gives each
+    scene's illumination ("white" or "fluorescence"), for scores split by mode. Example:
 
         >>> import tempfile
         >>> out = Path(tempfile.mkdtemp()) / "synth"
@@ -776,6 +777,7 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
                             "seed and counts used before")
     pixel_counts = np.zeros(NUM_CLASSES, np.int64)
     modes = {mode: 0 for mode in MODES}
+    scene_modes: dict[str, str] = {}
     written = skipped = 0
     with tqdm(total=sum(counts.values()), desc="synth", unit="img", disable=not progress) as bar:
         for split, count in counts.items():
@@ -785,6 +787,7 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
                 scene_id = scene_ids[split][index]
                 mode = _scene_mode(seed, code, index)
                 modes[mode] += 1
+                scene_modes[scene_id] = mode
                 image_path = image_dir / f"{scene_id}.JPG"
                 mask_path = None if mask_dir is None else mask_dir / f"{scene_id}_gt.npy"
                 if image_path.exists() and (mask_path is None or mask_path.exists()):
@@ -811,4 +814,5 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
         "skipped": skipped,
         "class_fractions": {name: float(pixel_counts[k]) / total for k, name in enumerate(CLASS_NAMES)},
         "modes": modes,
+        "scene_modes": scene_modes,
     }
