@@ -63,7 +63,7 @@ def class_iou(summary: dict) -> dict[str, float]:
     return {name: round(summary[f"iou/{name}"], 4) for name in CLASS_NAMES}
 
 
-def iou_by_mode(pred: Path, answers: Path, scene_modes: dict[str, str]) -> dict[str, dict[str, float]]:
+def iou_by_mode(pred: Path, answers: Path, scene_modes: dict[str, str]) -> dict[str, dict[str, float | None]]:
     """Test IoU per class within each illumination mode: a class can be learned in one light and not the other."""
     totals = {}
     for path in sorted(pred.glob("*_pred.npy")):
