@@ -118,24 +118,29 @@ def pseudo_label_curve(run: Path) -> dict:
     return curve
 
 
+def arm_settings(args, seed: int, steps: int, method: str | None = None) -> dict:
+    """The config of one arm: supervised (``method`` None), or ``method`` with as many unlabeled crops as labeled."""
+    settings = {"model": args.model, "batch_size": args.batch_size, "tile_size": args.tile_size, "lr": args.lr,
+                "val_fraction": 0.0, "seed": seed, "num_workers": args.num_workers, "device": "cpu",
+                "warmup_steps": max(1, args.steps // 20), "log_every": 10, "val_every": 10**9, "steps": steps}
+    if method is not None:
+        settings.update({"batch_size": 2 * args.batch_size, "labeled_ratio": 0.5, "method": method,
+                         "rampup_fraction": args.rampup, "consistency_threshold": args.threshold})
+    return settings
+
+
 def run_seed(seed: int, args) -> dict:
     root = Path(args.out) / f"seed{seed}"
     data = root / "data"
     height, width = args.size
     scene_modes = write_dataset(data, args.labeled, args.unlabeled, args.test, (height, width), seed, progress=False,
                                 magnification=2.5, unlabeled_truth=True)["scene_modes"]  # truth: for diagnostics
-    common = {"model": args.model, "batch_size": args.batch_size, "tile_size": args.tile_size, "lr": args.lr,
-              "val_fraction": 0.0, "seed": seed, "num_workers": args.num_workers, "device": "cpu",
-              "warmup_steps": max(1, args.steps // 20), "log_every": 10, "val_every": 10**9}
     rows = {}
     for budget in args.budgets:
-        cfg = load_config(None, {**common, "steps": args.steps * budget})
+        cfg = load_config(None, arm_settings(args, seed, args.steps * budget))
         rows[f"supervised@{budget}x"] = arm_score(data, root / f"supervised_{budget}x", cfg, "finetune", 256, scene_modes)
     for method in args.methods:
-        cfg = load_config(None, {**common, "steps": args.steps, "batch_size": 2 * args.batch_size,
-                                 "labeled_ratio": 0.5, "method": method, "rampup_fraction": args.rampup,
-                                 "consistency_threshold": args.threshold}, )
-        cfg = load_config(None, args.set, base=cfg)
+        cfg = load_config(None, args.set, base=load_config(None, arm_settings(args, seed, args.steps, method)))
         arm = method + args.tag
         rows[arm] = arm_score(data, root / arm, cfg, "pretrain", 256, scene_modes)
         print(f"seed {seed} {arm}: pseudo-labels by quarter of the run {pseudo_label_curve(root / arm)}")
@@ -161,7 +166,7 @@ def table(results: dict[int, dict], methods: list[str], tag: str = "") -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/online_ssl")
@@ -183,7 +188,11 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the SSL arms' folder and column names, for variants "
                         "(e.g. --tag=-own --set unimatch_teacher=own); the supervised arms are shared")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget, to check the script runs")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = argument_parser().parse_args()
     if args.smoke:
         args.seeds, args.steps, args.unlabeled, args.test, args.size, args.tile_size = [0], 3, 4, 2, [64, 80], 64
         args.budgets, args.labeled, args.batch_size = [1], 3, 2

@@ -32,6 +32,8 @@ from ssl_seg.evaluate import evaluate_dirs
 from ssl_seg.predict import predict_folder
 from ssl_seg.train.loop import train
 
+from online_ssl_benchmark import arm_settings, argument_parser  # experiments/: the benchmark's recipe
+
 
 class NoGeometry(torch.nn.Module):
     """GeometricAugment's interface, changing nothing."""
@@ -89,12 +91,8 @@ def main() -> None:
     if args.all_truth:
         data = all_truth_dataset(data, Path(args.out) / f"all_truth_s{args.seed}")
     ablate_augmentation(args.augment)
-    settings = {"model": "unet-small", "batch_size": 4, "tile_size": 128, "lr": 2e-3, "val_fraction": 0.0,
-                "seed": args.seed, "num_workers": 0, "device": "cpu", "warmup_steps": max(1, args.steps // 20),
-                "log_every": 10, "val_every": 10**9, "steps": args.steps}
-    if args.mode == "pretrain":  # the benchmark's semi-supervised arms
-        settings.update({"batch_size": 8, "labeled_ratio": 0.5, "method": "copy_paste", "rampup_fraction": 0.2,
-                         "consistency_threshold": 0.9})
+    benchmark = argument_parser().parse_args(["--steps", str(args.steps)])  # the benchmark's defaults
+    settings = arm_settings(benchmark, args.seed, args.steps, "copy_paste" if args.mode == "pretrain" else None)
     cfg = load_config(None, args.set, base=load_config(None, settings))
     tick = time.perf_counter()
     train(cfg, data, run, mode=args.mode, progress=False, resume=True)
