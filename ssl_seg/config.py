@@ -98,6 +98,10 @@ class TrainConfig:
     class_thresholds: str = setting("fixed", "unimatch, copy_paste: teacher_mean lowers each class's threshold to "
                                     "the teacher's mean confidence on it in the batch while that is below "
                                     "consistency_threshold", choices=("fixed", "teacher_mean"))
+    distribution_alignment: str = setting("none", "unimatch, copy_paste: mean scales the teacher's class "
+                                          "probabilities by the labeled pixels' class shares over its running mean "
+                                          "ones (ReMixMatch); kept biases them until each class's share of the kept "
+                                          "pixels matches its labeled share", choices=("none", "mean", "kept"))
     oracle_pseudo_labels: bool = setting(False, "unimatch, copy_paste: the unlabeled crops' true masks take the "
                                          "teacher's place (procedural data with unlabeled_truth/; a diagnostic: "
                                          "the ceiling of any teacher)")

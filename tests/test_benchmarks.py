@@ -162,3 +162,21 @@ def test_recipe_fit_probe_augmentation_ablations(monkeypatch):
     out_images, out_masks = pipeline.geometric(images, masks)
     assert torch.equal(out_images, images) and torch.equal(out_masks, masks)
     assert torch.equal(pipeline.weak(images), images) and torch.equal(pipeline.student(images), images)
+
+
+def test_teacher_crop_probe_prints_each_class_share(tmp_path):
+    from ssl_seg.config import load_config
+    from ssl_seg.data.synthetic import write_dataset
+    from ssl_seg.train.loop import train
+
+    write_dataset(tmp_path / "data", 2, 3, 0, (64, 80), 0, progress=False, unlabeled_truth=True)
+    cfg = load_config(None, {"steps": 1, "batch_size": 2, "tile_size": 64, "num_workers": 0, "val_fraction": 0.0,
+                             "model": "unet-small"})
+    train(cfg, tmp_path / "data", tmp_path / "arm", progress=False)
+    out = subprocess.run([sys.executable, str(EXPERIMENTS / "teacher_crop_probe.py"), "--run", str(tmp_path / "arm"),
+                          "--weights", "latest.pth", "--batches", "2"],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    rows = {line.split("[")[0].strip(): eval(line[line.index("["):]) for line in out.splitlines()[1:]}
+    assert set(rows) == {"truth", "raw argmax", "view argmax", "view kept"}
+    for name in ("truth", "raw argmax", "view argmax"):  # shares of pixels that exist: they sum to 1
+        assert len(rows[name]) == 4 and abs(sum(rows[name]) - 1) < 1e-3, name

@@ -51,16 +51,48 @@ def test_unimatch_trains_and_logs_its_losses_and_class_mask_ratios(dataset, tmp_
     assert state["config"]["method"] == "unimatch" and state["step"] == 4
 
 
-@pytest.mark.parametrize("method", ["unimatch", "copy_paste"])
-def test_online_methods_resume_exactly(dataset, tmp_path, method):
-    """copy_paste stops after its labeled-only warm-up (1 of 4 steps) and resumes into the teacher's phase."""
-    cfg = load_config(None, {**TINY, "method": method, "model": "unet-small", "copy_paste_warmup": 0.25})
+@pytest.mark.parametrize("method, stop_after, aligned", [("unimatch", 1, "none"), ("copy_paste", 1, "none"),
+                                                         ("copy_paste", 2, "mean"), ("unimatch", 2, "kept")])
+def test_online_methods_resume_exactly(dataset, tmp_path, method, stop_after, aligned):
+    """copy_paste stops after its labeled-only warm-up (1 of 4 steps) and resumes into the teacher's phase;
+    with distribution alignment it stops inside that phase, so the running class shares must resume too."""
+    cfg = load_config(None, {**TINY, "method": method, "model": "unet-small", "copy_paste_warmup": 0.25,
+                             "distribution_alignment": aligned})
     train(cfg, dataset, tmp_path / "full", mode="pretrain", progress=False)
-    train(cfg, dataset, tmp_path / "split", mode="pretrain", progress=False, stop_after=1)
+    train(cfg, dataset, tmp_path / "split", mode="pretrain", progress=False, stop_after=stop_after)
     train(cfg, dataset, tmp_path / "split", mode="pretrain", progress=False, resume=True)
-    full, split = (torch.load(tmp_path / run / "latest.pth", weights_only=True)["model"] for run in ("full", "split"))
-    for key in full:
-        torch.testing.assert_close(full[key], split[key])
+    full, split = (torch.load(tmp_path / run / "latest.pth", weights_only=True) for run in ("full", "split"))
+    for key in full["model"]:
+        torch.testing.assert_close(full["model"][key], split["model"][key])
+    assert ("alignment" in full["method"]) == (aligned != "none")
+    for key, value in full["method"].get("alignment", {}).items():
+        torch.testing.assert_close(value, split["method"]["alignment"][key])
+
+
+def test_distribution_alignment_lifts_a_class_the_teacher_under_predicts_to_its_labeled_share():
+    from ssl_seg.train.methods.base import DistributionAlignment
+
+    torch.manual_seed(0)
+    prior = torch.tensor([0.7, 0.1, 0.1, 0.1])
+    logits = torch.randn(2, 4, 16, 16)
+    logits[:, 3] -= 3.0  # the teacher almost never predicts liptinite
+    inside = torch.ones(2, 16, 16)
+    before = (logits.softmax(dim=1).argmax(dim=1) == 3).float().mean()
+    align = DistributionAlignment(prior, momentum=0.0)
+    aligned = align(logits.softmax(dim=1), inside)
+    torch.testing.assert_close(aligned.sum(dim=1), torch.ones(2, 16, 16))
+    # its mean probability is lifted toward its labeled share, and with it the pixels it wins
+    assert aligned[:, 3].mean() > 2 * logits.softmax(dim=1)[:, 3].mean()
+    assert (aligned.argmax(dim=1) == 3).float().mean() > 3 * before
+    slow = DistributionAlignment(prior, momentum=0.9)
+    for _ in range(200):  # with momentum the running shares converge to the teacher's own
+        slow(logits.softmax(dim=1), inside)
+    torch.testing.assert_close(slow.running, logits.softmax(dim=1).mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    padded = inside.clone()
+    padded[:, :, 8:] = 0  # padding the geometry brought in counts in no share
+    probs = logits.softmax(dim=1)
+    align(probs, padded)
+    torch.testing.assert_close(align.running, probs[..., :8].mean(dim=(0, 2, 3)))
 
 
 def test_feature_perturbation_sits_between_encoder_and_decoder():

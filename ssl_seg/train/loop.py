@@ -56,6 +56,7 @@ class Run:
     start_step: int = 0
     best_score: float = -1.0
     best_step: int = -1
+    method_state: dict = dataclasses.field(default_factory=dict)  # the method's, read back on resume
 
     @property
     def latest(self) -> Path:
@@ -70,7 +71,8 @@ class Run:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": step,
                 "mode": self.mode, "config": self.cfg.to_dict(), "class_names": list(CLASS_NAMES),
                 "model_spec": model_spec(self.model), "pretrained_backbone": self.pretrained_backbone,
-                "best_score": self.best_score, "best_step": self.best_step, "samples": self.samples}
+                "best_score": self.best_score, "best_step": self.best_step, "samples": self.samples,
+                "method": self.method_state}
 
 
 def starting_model(cfg: TrainConfig, resume_state: dict | None, latest: Path, mode: str, say: bool):
@@ -113,6 +115,7 @@ def start_run(cfg: TrainConfig, mode: str, out: Path, sets: TrainingSets, resume
         scheduler.load_state_dict(resume_state["scheduler"])
         run.start_step = resume_state["step"]
         run.best_score, run.best_step = resume_state["best_score"], resume_state["best_step"]
+        run.method_state = resume_state.get("method", {})
         if rank == 0:
             print(f"ssl-seg {mode}: resuming {latest} at step {run.start_step} of {cfg.steps}", file=sys.stderr)
     return run
@@ -211,11 +214,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
     n_labeled, n_unlabeled = (cfg.batch_size, 0) if mode == "finetune" else batch_split(cfg.batch_size, cfg.labeled_ratio)
     run = start_run(cfg, mode, out, sets, resume, device, rank)
     cfg, start = run.cfg, run.start_step
-    criterion = SegmentationLoss(class_weights(sets.pixel_counts(), cfg.class_weights), cfg.dice_weight).to(device)
+    pixel_counts = sets.pixel_counts()
+    criterion = SegmentationLoss(class_weights(pixel_counts, cfg.class_weights), cfg.dice_weight).to(device)
     timer = StepTimer(device)
+    prior = torch.as_tensor(pixel_counts + 1, dtype=torch.float32)  # +1: a class no label shows is not ruled out
     context = StepContext(cfg, device, TrainAugment(student_jitter=cfg.student_jitter).to(device), criterion, timer,
-                          n_labeled)
+                          n_labeled, prior / prior.sum())
     method = Supervised(context) if not n_unlabeled else method_for(mode, context)
+    method.load_state_dict(run.method_state)
     net = method.network(run.model)
     net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     net = torch.compile(net) if cfg.compile else net
@@ -251,6 +257,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                 raise
             logging = writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps)
             loss, logs = method.step(batch_x, batch_u, net, run.ema.module, step, logging)
+            run.method_state = method.state_dict()
             with timer("compute"):
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -17,10 +17,13 @@ from ssl_seg.errors import TrainError
 RUN_KEYS = ("steps", "batch_size", "tile_size", "lr", "weight_decay", "warmup_steps", "backbone_lr_scale",
             "class_weights", "dice_weight", "labeled_ratio", "consistency_weight", "consistency_threshold",
             "cutmix_prob", "student_jitter", "ema_decay", "val_fraction", "seed", "binary_class", "method",
-            "rampup_fraction", "feature_dropout", "unimatch_teacher")
+            "rampup_fraction", "feature_dropout", "unimatch_teacher", "copy_paste_box", "copy_paste_warmup",
+            "copy_paste_unlabeled_weight", "class_thresholds", "oracle_pseudo_labels", "distribution_alignment")
 # What checkpoints written before a key existed were trained with.
 RUN_KEY_BEFORE = {"student_jitter": "strong", "method": "mean_teacher", "rampup_fraction": 0.0,
-                  "feature_dropout": 0.5, "unimatch_teacher": "ema"}
+                  "feature_dropout": 0.5, "unimatch_teacher": "ema", "copy_paste_box": 2 / 3,
+                  "copy_paste_warmup": 0.25, "copy_paste_unlabeled_weight": 0.5, "class_thresholds": "fixed",
+                  "oracle_pseudo_labels": False, "distribution_alignment": "none"}
 
 
 def samples_identity(labeled: list[Sample], val: list[Sample], unlabeled: list[Sample], pseudo_dir: str | None) -> dict:

@@ -46,6 +46,7 @@ class StepContext:
     criterion: SegmentationLoss
     timer: StepTimer
     n_labeled: int
+    class_prior: torch.Tensor | None = None  # the labeled pixels' class shares (distribution_alignment)
 
     def autocast(self):
         return autocast_for(self.device, self.cfg.amp)
@@ -90,15 +91,117 @@ def online_label_logs(label: torch.Tensor, keep: torch.Tensor, inside: torch.Ten
     return {**class_mask_ratios(label, keep), **(pseudo_label_quality(label, keep, inside, truth[0]) if truth else {})}
 
 
+class DistributionAlignment:
+    """ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020), per pixel: the teacher's class
+    probabilities times ``prior / running``, renormalised, where ``prior`` is the labeled pixels' class shares
+    and ``running`` the running mean (``momentum`` per batch) of the teacher's own shares on the unlabeled pixels
+    ``inside`` the image. A class the teacher under-predicts is scaled up until its share matches the labeled
+    one, so it cannot drop out of the pseudo-labels for a whole run (experiments/RESULTS.md, "teacher_mean").
+    ``running`` starts at ``prior`` (no change) and is saved in the checkpoint: resume stays exact.
+
+    >>> align = DistributionAlignment(torch.tensor([0.5, 0.5]), momentum=0.0)
+    >>> probs = torch.tensor([[0.9, 0.9], [0.1, 0.1]]).view(1, 2, 1, 2)  # the teacher sees class 1 at 10%
+    >>> align(probs, torch.ones(1, 1, 2)).view(2, 2).tolist()
+    [[0.5, 0.5], [0.5, 0.5]]
+    """
+
+    def __init__(self, prior: torch.Tensor, momentum: float = 0.99):
+        self.prior = prior.float() / prior.sum()
+        self.running = self.prior.clone()
+        self.momentum = momentum
+
+    def __call__(self, probs: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        weight = inside.unsqueeze(1).float()
+        shares = (probs * weight).sum(dim=(0, 2, 3)) / weight.sum().clamp(min=1.0)
+        self.running = self.momentum * self.running.to(probs.device) + (1.0 - self.momentum) * shares
+        aligned = probs * (self.prior.to(probs.device) / self.running.clamp(min=1e-6)).view(1, -1, 1, 1)
+        return aligned / aligned.sum(dim=1, keepdim=True)
+
+    def observe(self, label: torch.Tensor, keep: torch.Tensor) -> None:
+        """The pixels the thresholds kept; this alignment reads the probabilities only."""
+
+    def state_dict(self) -> dict:
+        return {"running": self.running.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.running = state["running"].float()
+
+
+class KeptShareAlignment:
+    """A per-class bias added to the teacher's log-probabilities, moved each step toward making each class's
+    share of the *kept* pixels (confident and inside) match the labeled pixels' share ``prior``: a class the
+    teacher never keeps (``observe``) has its bias raised, by ``rate`` times the clamped log ratio of the two
+    shares, until it is kept. Unlike ``DistributionAlignment``, which matches mean probabilities, this reaches
+    a class whose probability is spread thin and never wins a pixel or the threshold (experiments/RESULTS.md,
+    "distribution alignment"); in the spirit of DebiasPL's adaptive debiasing (Wang et al., CVPR 2022).
+
+    >>> align = KeptShareAlignment(torch.tensor([0.5, 0.5]), rate=1.0, momentum=0.0)
+    >>> probs = torch.tensor([[0.9, 0.9], [0.1, 0.1]]).view(1, 2, 1, 2)
+    >>> align.observe(torch.zeros(1, 1, 2, dtype=torch.long), torch.ones(1, 1, 2))  # class 1 never kept
+    >>> align.bias.tolist()  # the clamped log ratio: down for the class kept too often, up for the other
+    [-0.6931471824645996, 2.0]
+    >>> align(probs, torch.ones(1, 1, 2)).argmax(dim=1).tolist()
+    [[[1, 1]]]
+    """
+
+    def __init__(self, prior: torch.Tensor, rate: float = 0.05, momentum: float = 0.9, limit: float = 2.0):
+        self.prior = prior.float() / prior.sum()
+        self.bias = torch.zeros_like(self.prior)
+        self.running = self.prior.clone()
+        self.rate, self.momentum, self.limit = rate, momentum, limit
+
+    def __call__(self, probs: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        return (probs.clamp(min=1e-8).log() + self.bias.to(probs.device).view(1, -1, 1, 1)).softmax(dim=1)
+
+    def observe(self, label: torch.Tensor, keep: torch.Tensor) -> None:
+        kept = keep > 0
+        shares = torch.bincount(label[kept], minlength=len(self.prior)).float().cpu() / max(int(kept.sum()), 1)
+        self.running = self.momentum * self.running + (1.0 - self.momentum) * shares
+        ratio = (self.prior / self.running.clamp(min=1e-6)).log().clamp(-self.limit, self.limit)
+        self.bias = self.bias + self.rate * ratio
+
+    def state_dict(self) -> dict:
+        return {"running": self.running.cpu(), "bias": self.bias.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.running, self.bias = state["running"].float(), state["bias"].float()
+
+
+ALIGNMENTS = {"mean": DistributionAlignment, "kept": KeptShareAlignment}
+
+
 class Method:
     """What every method shares: built once per run with the context; trains the model as it is unless
-    ``network`` wraps it (UniMatch's feature perturbation)."""
+    ``network`` wraps it (UniMatch's feature perturbation). What a method carries across steps (the
+    distribution alignment's running shares) goes through ``state_dict`` into the checkpoint."""
 
     def __init__(self, context: StepContext):
         self.context = context
+        alignment = context.cfg.distribution_alignment
+        self.alignment = ALIGNMENTS[alignment](context.class_prior) if alignment != "none" else None
 
     def network(self, model):
         return model
+
+    def teacher_labels(self, logits: torch.Tensor, inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(confidence, label) of the teacher's logits, distribution-aligned where configured."""
+        probs = logits.float().softmax(dim=1)
+        if self.alignment is not None:
+            probs = self.alignment(probs, inside)
+        return probs.max(dim=1)
+
+    def kept(self, label: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``keep``, after telling the alignment (where configured) which pixels the thresholds kept."""
+        if self.alignment is not None:
+            self.alignment.observe(label, keep)
+        return keep
+
+    def state_dict(self) -> dict:
+        return {"alignment": self.alignment.state_dict()} if self.alignment is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.alignment is not None and "alignment" in state:
+            self.alignment.load_state_dict(state["alignment"])
 
 
 def confident_pixels(confidence: torch.Tensor, label: torch.Tensor, threshold: float, class_balance: float = 0.0,

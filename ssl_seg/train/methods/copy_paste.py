@@ -70,9 +70,9 @@ class CopyPaste(Method):
             label_u = torch.where(keep > 0, pseudo_u, torch.zeros_like(pseudo_u))
         else:
             with ctx.timer("teacher"), torch.no_grad(), ctx.autocast():
-                confidence, label_u = teacher(images_u).float().softmax(dim=1).max(dim=1)
-            keep = confident_pixels(confidence, label_u, cfg.consistency_threshold,
-                                    class_thresholds=cfg.class_thresholds, inside=inside) * inside
+                confidence, label_u = self.teacher_labels(teacher(images_u), inside)
+            keep = self.kept(label_u, confident_pixels(confidence, label_u, cfg.consistency_threshold,
+                                                       class_thresholds=cfg.class_thresholds, inside=inside) * inside)
         if not warming_up:
             weight_u = keep * (cfg.copy_paste_unlabeled_weight * ctx.ramp(step))
         # pair i with i: both sets have the same number of crops at labeled_ratio 0.5, else the smaller set repeats

@@ -72,9 +72,10 @@ class UniMatch(Method):
                         weak_logits = teacher(weak_u)
                 else:
                     weak_logits = logits[n_x:].detach()
-                confidence, label = weak_logits.float().softmax(dim=1).max(dim=1)
-                keep = confident_pixels(confidence, label, cfg.consistency_threshold,
-                                        cfg.consistency_class_balance, cfg.class_thresholds, inside) * inside
+                confidence, label = self.teacher_labels(weak_logits, inside)
+                keep = self.kept(label, confident_pixels(confidence, label, cfg.consistency_threshold,
+                                                         cfg.consistency_class_balance, cfg.class_thresholds,
+                                                         inside) * inside)
         with ctx.timer("augment"):
             strong_1, label_1, keep_1 = self._strong_view(images_u, label, keep)
             strong_2, label_2, keep_2 = self._strong_view(images_u, label, keep)

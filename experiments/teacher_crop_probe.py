@@ -1,0 +1,66 @@
+"""Which classes a trained arm's EMA weights predict, and keep at the threshold, on the unlabeled training crops.
+
+    python experiments/teacher_crop_probe.py --run runs/online_ssl/seed3/supervised_1x
+
+Reads the arm's ``ema.pth`` (``--weights``) and its seed's procedural data (``<run>/../data``, with ``unlabeled_truth/``),
+draws ``--batches`` batches of unlabeled crops as ``pretrain`` does, and prints each class's share of: the
+truth, the argmax on the raw crops, the argmax on their geometric + weak views (the online teacher's input),
+and the pixels of those views kept at ``--threshold``. A class that the argmax holds but the kept pixels do
+not is one that the threshold, not the teacher's ranking, removes from the pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssl_seg import IGNORE_INDEX, NUM_CLASSES
+from ssl_seg.augment import TrainAugment
+from ssl_seg.config import load_config
+from ssl_seg.runtime import workers_released_on_exit
+from ssl_seg.train.checkpoint import load_checkpoint, model_from_checkpoint
+from ssl_seg.train.data import crop_batches, training_sets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="an arm's folder of online_ssl_benchmark.py")
+    parser.add_argument("--weights", default="ema.pth", help="checkpoint in --run (default: the EMA weights)")
+    parser.add_argument("--batches", type=int, default=25)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    state = load_checkpoint(args.run / args.weights)
+    model = model_from_checkpoint(state, args.run / args.weights).eval()
+    saved = {key: state["config"][key] for key in ("batch_size", "tile_size", "labeled_ratio", "steps", "seed")}
+    # enough draws for --batches, however short the arm's own run was
+    cfg = load_config(None, {**saved, "steps": max(saved["steps"], args.batches), "num_workers": 0})
+    sets = training_sets(cfg, args.run.parent / "data", "pretrain", say=False)
+    augment = TrainAugment()
+    counts = {name: np.zeros(NUM_CLASSES) for name in ("truth", "raw argmax", "view argmax", "view kept")}
+
+    def add(name, labels):
+        counts[name] += np.bincount(labels.flatten().numpy(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+
+    torch.manual_seed(0)
+    with workers_released_on_exit() as released, torch.no_grad():
+        batches = crop_batches(sets.unlabeled, cfg, min(4, len(sets.unlabeled)), 0, True, 0, 1, False, released)
+        for _ in range(args.batches):
+            batch = next(batches)
+            images, truth = batch["image"].float() / 255, batch["truth"]
+            add("truth", truth[truth != IGNORE_INDEX])
+            add("raw argmax", model(images).argmax(dim=1))
+            views, _, inside = augment.geometric(images, batch["mask"], batch["valid"].float())
+            confidence, label = model(augment.weak(views).clamp_(0, 1)).softmax(dim=1).max(dim=1)
+            add("view argmax", label[inside > 0])
+            add("view kept", label[(inside > 0) & (confidence >= args.threshold)])
+    print(f"{args.run}: class shares (background, inertinite, vitrinite, liptinite)")
+    for name, count in counts.items():
+        print(f"  {name:12s} {np.round(count / max(count.sum(), 1), 4).tolist()}")
+
+
+if __name__ == "__main__":
+    main()
