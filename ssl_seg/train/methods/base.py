@@ -95,9 +95,10 @@ class DistributionAlignment:
     """ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020), per pixel: the teacher's class
     probabilities times ``prior / running``, renormalised, where ``prior`` is the labeled pixels' class shares
     and ``running`` the running mean (``momentum`` per batch) of the teacher's own shares on the unlabeled pixels
-    ``inside`` the image. A class the teacher under-predicts is scaled up until its share matches the labeled
-    one, so it cannot drop out of the pseudo-labels for a whole run (experiments/RESULTS.md, "teacher_mean").
-    ``running`` starts at ``prior`` (no change) and is saved in the checkpoint: resume stays exact.
+    ``inside`` the image. A class the teacher under-predicts is scaled up until its mean probability matches
+    its labeled share. That does not bring back a class whose probability is spread thin and never wins a pixel
+    (experiments/RESULTS.md, "distribution alignment"). ``running`` starts at ``prior`` (no change) and is
+    saved in the checkpoint: resume stays exact.
 
     >>> align = DistributionAlignment(torch.tensor([0.5, 0.5]), momentum=0.0)
     >>> probs = torch.tensor([[0.9, 0.9], [0.1, 0.1]]).view(1, 2, 1, 2)  # the teacher sees class 1 at 10%
@@ -132,8 +133,9 @@ class KeptShareAlignment:
     share of the *kept* pixels (confident and inside) match the labeled pixels' share ``prior``: a class the
     teacher never keeps (``observe``) has its bias raised, by ``rate`` times the clamped log ratio of the two
     shares, until it is kept. Unlike ``DistributionAlignment``, which matches mean probabilities, this reaches
-    a class whose probability is spread thin and never wins a pixel or the threshold (experiments/RESULTS.md,
-    "distribution alignment"); in the spirit of DebiasPL's adaptive debiasing (Wang et al., CVPR 2022).
+    a class whose probability is spread thin and never wins a pixel or the threshold, in the spirit of
+    DebiasPL's adaptive debiasing (Wang et al., CVPR 2022). Against a fixed threshold it lowers the other
+    classes until almost nothing is kept (experiments/RESULTS.md, "distribution alignment").
 
     >>> align = KeptShareAlignment(torch.tensor([0.5, 0.5]), rate=1.0, momentum=0.0)
     >>> probs = torch.tensor([[0.9, 0.9], [0.1, 0.1]]).view(1, 2, 1, 2)
