@@ -176,7 +176,7 @@ def test_teacher_crop_probe_prints_each_class_share(tmp_path):
     out = subprocess.run([sys.executable, str(EXPERIMENTS / "teacher_crop_probe.py"), "--run", str(tmp_path / "arm"),
                           "--weights", "latest.pth", "--batches", "2"],
                          check=True, capture_output=True, text=True, timeout=300).stdout
-    rows = {line.split("[")[0].strip(): eval(line[line.index("["):]) for line in out.splitlines()[1:]}
+    rows = {line.split("[")[0].strip(): json.loads(line[line.index("["):]) for line in out.splitlines()[1:]}
     assert set(rows) == {"truth", "raw argmax", "view argmax", "view kept"}
     for name in ("truth", "raw argmax", "view argmax"):  # shares of pixels that exist: they sum to 1
         assert len(rows[name]) == 4 and abs(sum(rows[name]) - 1) < 1e-3, name
