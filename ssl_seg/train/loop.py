@@ -56,7 +56,8 @@ class Run:
     start_step: int = 0
     best_score: float = -1.0
     best_step: int = -1
-    method_state: dict = dataclasses.field(default_factory=dict)  # the method's, read back on resume
+    method_state: dict = dataclasses.field(default_factory=dict)  # the method's, as the resumed checkpoint held it
+    method: object = None  # the running method, whose state each checkpoint takes when it is written
 
     @property
     def latest(self) -> Path:
@@ -72,7 +73,7 @@ class Run:
                 "mode": self.mode, "config": self.cfg.to_dict(), "class_names": list(CLASS_NAMES),
                 "model_spec": model_spec(self.model), "pretrained_backbone": self.pretrained_backbone,
                 "best_score": self.best_score, "best_step": self.best_step, "samples": self.samples,
-                "method": self.method_state}
+                "method": self.method.state_dict() if self.method is not None else self.method_state}
 
 
 def starting_model(cfg: TrainConfig, resume_state: dict | None, latest: Path, mode: str, say: bool):
@@ -222,6 +223,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                           n_labeled, prior / prior.sum())
     method = Supervised(context) if not n_unlabeled else method_for(mode, context)
     method.load_state_dict(run.method_state)
+    run.method = method
     net = method.network(run.model)
     net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     net = torch.compile(net) if cfg.compile else net
@@ -257,7 +259,6 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, mode: str = "fine
                 raise
             logging = writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps)
             loss, logs = method.step(batch_x, batch_u, net, run.ema.module, step, logging)
-            run.method_state = method.state_dict()
             with timer("compute"):
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
