@@ -4,7 +4,8 @@
     python experiments/online_ssl_benchmark.py --smoke          # seconds: checks that it still runs
 
 Each seed writes its own procedural dataset (``--labeled`` labeled, ``--unlabeled`` unlabeled and
-``--test`` test scenes at magnification 2.5) and trains, from the same random initialisation:
+``--test`` test scenes at magnification 2.5; ``--labeled-modes alternate`` lights the labeled ones white and
+fluorescent in turn) and trains, from the same random initialisation:
 
 - ``supervised@Kx``: ``finetune`` on the labeled masks for K times ``--steps`` (``--budgets``, default 1 2),
   batches of ``--batch-size`` labeled crops;
@@ -37,7 +38,7 @@ import numpy as np
 from ssl_seg import CLASS_NAMES
 from ssl_seg.config import load_config
 from ssl_seg.data.io import save_json
-from ssl_seg.data.synthetic import write_dataset
+from ssl_seg.data.synthetic import LABELED_MODES, write_dataset
 from ssl_seg.evaluate import evaluate_dirs
 from ssl_seg.metrics import confusion_matrix, per_class_iou
 from ssl_seg.predict import predict_folder
@@ -134,7 +135,8 @@ def run_seed(seed: int, args) -> dict:
     data = root / "data"
     height, width = args.size
     scene_modes = write_dataset(data, args.labeled, args.unlabeled, args.test, (height, width), seed, progress=False,
-                                magnification=2.5, unlabeled_truth=True)["scene_modes"]  # truth: for diagnostics
+                                magnification=2.5, unlabeled_truth=True,
+                                labeled_modes=args.labeled_modes)["scene_modes"]  # truth: for diagnostics
     rows = {}
     for budget in args.budgets:
         cfg = load_config(None, arm_settings(args, seed, args.steps * budget))
@@ -182,6 +184,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labeled", type=int, default=8)
     parser.add_argument("--unlabeled", type=int, default=100)
     parser.add_argument("--test", type=int, default=24)
+    parser.add_argument("--labeled-modes", choices=LABELED_MODES, default="random",
+                        help="light of the labeled scenes (write_dataset's labeled_modes); use a new --out for each")
     parser.add_argument("--size", type=int, nargs=2, default=[192, 256], metavar=("H", "W"))
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config keys of the SSL arms")

@@ -5,13 +5,16 @@
 Reads the arm's ``ema.pth`` (``--weights``) and its seed's procedural data (``<run>/../data``, with ``unlabeled_truth/``),
 draws ``--batches`` batches of unlabeled crops as ``pretrain`` does, and prints each class's share of: the
 truth, the argmax on the raw crops, the argmax on their geometric + weak views (the online teacher's input),
-and the pixels of those views kept at ``--threshold``. A class that the argmax holds but the kept pixels do
-not is one that the threshold, not the teacher's ranking, removes from the pseudo-labels.
+and the pixels of those views kept at ``--threshold``; then the precision of the kept pixels of each class (the
+share whose truth is that class; null where none is kept). A class that the argmax holds but the kept pixels do
+not is one that the threshold, not the teacher's ranking, removes from the pseudo-labels; a low precision, one
+whose pseudo-labels teach the teacher's mistakes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,7 @@ def main() -> None:
     sets = training_sets(cfg, args.run.parent / "data", "pretrain", say=False)
     augment = TrainAugment()
     counts = {name: np.zeros(NUM_CLASSES) for name in ("truth", "raw argmax", "view argmax", "view kept")}
+    kept_right = np.zeros(NUM_CLASSES)
 
     def add(name, labels):
         counts[name] += np.bincount(labels.flatten().numpy(), minlength=NUM_CLASSES)[:NUM_CLASSES]
@@ -53,13 +57,17 @@ def main() -> None:
             images, truth = batch["image"].float() / 255, batch["truth"]
             add("truth", truth[truth != IGNORE_INDEX])
             add("raw argmax", model(images).argmax(dim=1))
-            views, _, inside = augment.geometric(images, batch["mask"], batch["valid"].float())
+            views, _, inside, view_truth = augment.geometric(images, batch["mask"], batch["valid"].float(), truth)
             confidence, label = model(augment.weak(views).clamp_(0, 1)).softmax(dim=1).max(dim=1)
             add("view argmax", label[inside > 0])
-            add("view kept", label[(inside > 0) & (confidence >= args.threshold)])
+            kept = (inside > 0) & (confidence >= args.threshold) & (view_truth != IGNORE_INDEX)
+            add("view kept", label[kept])
+            kept_right += np.bincount(label[kept & (label == view_truth)].numpy(), minlength=NUM_CLASSES)[:NUM_CLASSES]
     print(f"{args.run}: class shares (background, inertinite, vitrinite, liptinite)")
     for name, count in counts.items():
         print(f"  {name:12s} {np.round(count / max(count.sum(), 1), 4).tolist()}")
+    precision = [round(float(r / k), 4) if k else None for r, k in zip(kept_right, counts["view kept"])]
+    print(f"  {'kept precision':12s} {json.dumps(precision)}")
 
 
 if __name__ == "__main__":

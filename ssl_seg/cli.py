@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     p.add_argument("--magnification", type=float, default=1.0,
                    help="draw bodies and textures this many times larger in pixels (the demo: 2.5 at 192x256)")
+    # checked by write_dataset (LABELED_MODES), which the parser does not import: it loads torch
+    p.add_argument("--labeled-modes", default="random", metavar="random|alternate",
+                   help="light of the labeled scenes: drawn by chance like the others, or white and fluorescent in "
+                        "turn, so that even a few labeled scenes show both")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("finetune", help="supervised training on the labeled masks")
@@ -186,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary = write_dataset(args.out, args.labeled, args.unlabeled, args.test, args.size, args.seed,
                                 progress=not args.no_progress, magnification=args.magnification,
-                                unlabeled_truth=args.unlabeled_truth)
+                                unlabeled_truth=args.unlabeled_truth, labeled_modes=args.labeled_modes)
         summary.pop("scene_modes")  # one line per scene: for scripts, not the terminal
         print(json.dumps(summary, indent=2))
     elif args.command in ("finetune", "pretrain"):

@@ -177,6 +177,9 @@ def test_teacher_crop_probe_prints_each_class_share(tmp_path):
                           "--weights", "latest.pth", "--batches", "2"],
                          check=True, capture_output=True, text=True, timeout=300).stdout
     rows = {line.split("[")[0].strip(): json.loads(line[line.index("["):]) for line in out.splitlines()[1:]}
-    assert set(rows) == {"truth", "raw argmax", "view argmax", "view kept"}
+    assert set(rows) == {"truth", "raw argmax", "view argmax", "view kept", "kept precision"}
     for name in ("truth", "raw argmax", "view argmax"):  # shares of pixels that exist: they sum to 1
         assert len(rows[name]) == 4 and abs(sum(rows[name]) - 1) < 1e-3, name
+    assert all(p is None or 0 <= p <= 1 for p in rows["kept precision"])
+    # a class with no kept pixel has no precision
+    assert all(share == 0 for p, share in zip(rows["kept precision"], rows["view kept"]) if p is None)

@@ -189,7 +189,7 @@ def test_rerun_with_another_magnification_is_refused(tmp_path):
     assert dataset_magnification(tmp_path) is None
     write_dataset(tmp_path, **arguments, magnification=2.0)
     assert dataset_magnification(tmp_path) == 2.0
-    assert json.loads((tmp_path / "synth.json").read_text()) == {"magnification": 2.0}
+    assert json.loads((tmp_path / "synth.json").read_text()) == {"magnification": 2.0, "labeled_modes": "random"}
     assert write_dataset(tmp_path, **arguments, magnification=2.0)["skipped"] == 1
     with pytest.raises(ValueError, match=r"magnification 2.0, not 1.0.*new folder"):
         write_dataset(tmp_path, **arguments)
@@ -205,3 +205,30 @@ def test_a_folder_holding_scenes_of_another_seed_or_count_is_refused(tmp_path, s
         write_dataset(tmp_path, **{**dict(labeled=2, unlabeled=0, test=1, size=SMALL, seed=0, progress=False),
                                    **second})
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == before
+
+
+def test_alternate_labeled_modes_light_both_modes_in_turn_and_are_recorded(tmp_path):
+    arguments = dict(labeled=4, unlabeled=3, test=2, size=SMALL, seed=3, progress=False)
+    summary = write_dataset(tmp_path / "alternate", **arguments, labeled_modes="alternate")
+    by_chance = write_dataset(tmp_path / "random", **arguments)
+    labeled_ids = sorted(p.stem for p in (tmp_path / "alternate" / "train" / "labeled").glob("*.JPG"))
+    assert sorted(p.stem for p in (tmp_path / "random" / "train" / "labeled").glob("*.JPG")) == labeled_ids
+    # seed 3 of the benchmark draws its first 4 labeled scenes all white (experiments/RESULTS.md)
+    assert [by_chance["scene_modes"][i] for i in labeled_ids].count("fluorescence") == 0
+    assert sorted(summary["scene_modes"][i] for i in labeled_ids) == ["fluorescence"] * 2 + ["white"] * 2
+    others = [i for i in summary["scene_modes"] if i not in labeled_ids]  # unlabeled and test: drawn as before
+    assert [summary["scene_modes"][i] for i in others] == [by_chance["scene_modes"][i] for i in others]
+    assert json.loads((tmp_path / "alternate" / "synth.json").read_text())["labeled_modes"] == "alternate"
+    with pytest.raises(ValueError, match=r"labeled modes alternate, not random.*new folder"):
+        write_dataset(tmp_path / "alternate", **arguments)
+    with pytest.raises(ValueError, match=r"labeled_modes must be one of random, alternate"):
+        write_dataset(tmp_path / "new", **arguments, labeled_modes="balanced")
+
+
+def test_a_record_without_labeled_modes_reads_as_random(tmp_path):
+    arguments = dict(labeled=1, unlabeled=0, test=0, size=SMALL, seed=0, progress=False)
+    write_dataset(tmp_path, **arguments, magnification=2.0)
+    (tmp_path / "synth.json").write_text(json.dumps({"magnification": 2.0}))  # as written before 0.4.1
+    assert write_dataset(tmp_path, **arguments, magnification=2.0)["skipped"] == 1
+    with pytest.raises(ValueError, match=r"labeled modes random, not alternate"):
+        write_dataset(tmp_path, **arguments, magnification=2.0, labeled_modes="alternate")

@@ -41,6 +41,9 @@ from ssl_seg.data.io import DataError, save_jpg, save_json, save_npy
 MODES = ("white", "fluorescence")
 # Share of white-light scenes when the mode is left to chance.
 WHITE_LIGHT_SHARE = 0.65
+# How the labeled scenes' modes are drawn: by chance like the others, or alternating (white first), so that
+# a few labeled scenes still show both lights (a draw of 4 or 8 can leave one out: experiments/RESULTS.md).
+LABELED_MODES = ("random", "alternate")
 # Sizes below are written for this image size (height, width) and scaled with the image.
 REFERENCE_SIZE = (256, 320)
 MIN_SIDE = 32
@@ -680,7 +683,9 @@ def _scene_id(seed: int, split_code: int, index: int, taken: set[str]) -> str:
             return candidate
 
 
-def _scene_mode(seed: int, split_code: int, index: int) -> str:
+def _scene_mode(seed: int, split_code: int, index: int, labeled_modes: str = "random") -> str:
+    if labeled_modes == "alternate" and split_code == SPLIT_CODES["labeled"]:
+        return MODES[index % len(MODES)]
     rng = np.random.default_rng([seed, split_code, index, 2_000_003])
     return "white" if rng.random() < WHITE_LIGHT_SHARE else "fluorescence"
 
@@ -701,36 +706,48 @@ def _existing_scene(image_path: Path, mask_path: Path | None, size: tuple[int, i
     return mask
 
 
-def dataset_magnification(out: str | Path) -> float | None:
-    """The magnification a procedural dataset folder was drawn at; None for a new, empty folder."""
+def dataset_record(out: str | Path) -> dict | None:
+    """How a procedural dataset folder was drawn (``magnification``, ``labeled_modes``); None for a new, empty
+    folder. Records written before a key existed, and folders written before the record, get what they used."""
     out = Path(out)
     record = out / "synth.json"
     if record.is_file():
-        return float(json.loads(record.read_text())["magnification"])
-    # Folders written before the record existed hold scenes at magnification 1.
-    return 1.0 if any(out.glob("*/*.JPG")) or any(out.glob("train/*/*.JPG")) else None
+        found = json.loads(record.read_text())
+        return {"magnification": float(found["magnification"]), "labeled_modes": found.get("labeled_modes", "random")}
+    if any(out.glob("*/*.JPG")) or any(out.glob("train/*/*.JPG")):
+        return {"magnification": 1.0, "labeled_modes": "random"}
+    return None
 
 
-def _check_magnification(out: Path, magnification: float) -> None:
-    """Refuse to add scenes at another magnification than the folder's; record it if new."""
-    found = dataset_magnification(out)
-    if found is not None and found != magnification:
-        raise DataError(f"{out} holds scenes drawn at magnification {found}, not {magnification}: "
-                        "write into a new folder, or rerun with the magnification used before")
+def dataset_magnification(out: str | Path) -> float | None:
+    """The magnification a procedural dataset folder was drawn at; None for a new, empty folder."""
+    record = dataset_record(out)
+    return None if record is None else record["magnification"]
+
+
+def _check_record(out: Path, magnification: float, labeled_modes: str) -> None:
+    """Refuse to add scenes drawn another way than the folder's; record the way if the folder is new."""
+    wanted = {"magnification": magnification, "labeled_modes": labeled_modes}
+    found = dataset_record(out)
+    for key, value in (found or {}).items():
+        if value != wanted[key]:
+            raise DataError(f"{out} holds scenes drawn at {key.replace('_', ' ')} {value}, not {wanted[key]}: "
+                            f"write into a new folder, or rerun with the {key.replace('_', ' ')} used before")
     if not (out / "synth.json").is_file():
-        save_json(out / "synth.json", {"magnification": magnification})
+        save_json(out / "synth.json", wanted)
 
 
 def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
                   size: tuple[int, int] = (256, 320), seed: int = 0, progress: bool = True,
-                  unlabeled_truth: bool = False, magnification: float = 1.0) -> dict:
+                  unlabeled_truth: bool = False, magnification: float = 1.0, labeled_modes: str = "random") -> dict:
     """Write a procedural dataset in the Stranger Sections 2 layout and return a summary.
 
     Layout: ``out/train/labeled/<id>.JPG``, ``out/train/labels/<id>_gt.npy``,
     ``out/train/unlabeled/<id>.JPG``, ``out/test/<id>.JPG`` and ``out/test_answers/<id>_gt.npy``.
     Files already present are kept (each image depends only on seed, split and index), so an
     interrupted run resumes. ``out/synth.json`` records the ``magnification`` (see
-    ``render_scene``); adding scenes at another one is refused. ``unlabeled_truth=True`` also
+    ``render_scene``) and ``labeled_modes`` (``random``, or ``alternate``: labeled scene i is lit white
+    for even i, fluorescent for odd); adding scenes drawn another way is refused. ``unlabeled_truth=True`` also
     writes the masks of the unlabeled scenes to ``out/train/unlabeled_truth/`` (for diagnostics
     such as pseudo-label accuracy; training never reads them). The summary's ``scene_modes`` gives each
     scene's illumination ("white" or "fluorescence"), for scores split by mode. Example:
@@ -752,8 +769,11 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
     _check_size(height, width)
     if not magnification > 0:
         raise ValueError(f"synthetic dataset: magnification must be positive, got {magnification!r}")
+    if labeled_modes not in LABELED_MODES:
+        raise ValueError(f"synthetic dataset: labeled_modes must be one of {', '.join(LABELED_MODES)}, "
+                         f"got {labeled_modes!r}")
     out = Path(out)
-    _check_magnification(out, magnification)
+    _check_record(out, magnification, labeled_modes)
     folders = {
         "labeled": (out / "train" / "labeled", out / "train" / "labels"),
         "unlabeled": (out / "train" / "unlabeled", out / "train" / "unlabeled_truth" if unlabeled_truth else None),
@@ -785,7 +805,7 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
             image_dir, mask_dir = folders[split]
             for index in range(count):
                 scene_id = scene_ids[split][index]
-                mode = _scene_mode(seed, code, index)
+                mode = _scene_mode(seed, code, index, labeled_modes)
                 modes[mode] += 1
                 scene_modes[scene_id] = mode
                 image_path = image_dir / f"{scene_id}.JPG"
@@ -808,6 +828,7 @@ def write_dataset(out: str | Path, labeled: int, unlabeled: int, test: int,
         "out": str(out),
         "size": (height, width),
         "magnification": magnification,
+        "labeled_modes": labeled_modes,
         "seed": seed,
         "counts": counts,
         "written": written,
