@@ -44,6 +44,8 @@ WHITE_LIGHT_SHARE = 0.65
 # How the labeled scenes' modes are drawn: by chance like the others, or alternating (white first), so that
 # a few labeled scenes still show both lights (a draw of 4 or 8 can leave one out: experiments/RESULTS.md).
 LABELED_MODES = ("random", "alternate")
+# How folders were drawn before synth.json held a key (or before it existed).
+_UNRECORDED = {"magnification": 1.0, "labeled_modes": "random"}
 # Sizes below are written for this image size (height, width) and scaled with the image.
 REFERENCE_SIZE = (256, 320)
 MIN_SIDE = 32
@@ -683,7 +685,7 @@ def _scene_id(seed: int, split_code: int, index: int, taken: set[str]) -> str:
             return candidate
 
 
-def _scene_mode(seed: int, split_code: int, index: int, labeled_modes: str = "random") -> str:
+def _scene_mode(seed: int, split_code: int, index: int, labeled_modes: str) -> str:
     if labeled_modes == "alternate" and split_code == SPLIT_CODES["labeled"]:
         return MODES[index % len(MODES)]
     rng = np.random.default_rng([seed, split_code, index, 2_000_003])
@@ -713,9 +715,9 @@ def dataset_record(out: str | Path) -> dict | None:
     record = out / "synth.json"
     if record.is_file():
         found = json.loads(record.read_text())
-        return {"magnification": float(found["magnification"]), "labeled_modes": found.get("labeled_modes", "random")}
+        return {**_UNRECORDED, **found, "magnification": float(found["magnification"])}
     if any(out.glob("*/*.JPG")) or any(out.glob("train/*/*.JPG")):
-        return {"magnification": 1.0, "labeled_modes": "random"}
+        return dict(_UNRECORDED)
     return None
 
 
