@@ -26,6 +26,7 @@ from ssl_seg.config import load_config
 from ssl_seg.runtime import workers_released_on_exit
 from ssl_seg.train.checkpoint import load_checkpoint, model_from_checkpoint
 from ssl_seg.train.data import crop_batches, training_sets
+from ssl_seg.train.methods.base import confident_pixels
 
 
 def main() -> None:
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--weights", default="ema.pth", help="checkpoint in --run (default: the EMA weights)")
     parser.add_argument("--batches", type=int, default=25)
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--class-thresholds", default="fixed", choices=("fixed", "teacher_mean", "class_share"),
+                        help="the rule that keeps pixels at --threshold, as the config key class_thresholds")
     args = parser.parse_args()
     torch.set_num_threads(1)
     state = load_checkpoint(args.run / args.weights)
@@ -60,7 +63,9 @@ def main() -> None:
             views, _, inside, view_truth = augment.geometric(images, batch["mask"], batch["valid"].float(), truth)
             confidence, label = model(augment.weak(views).clamp_(0, 1)).softmax(dim=1).max(dim=1)
             add("view argmax", label[inside > 0])
-            kept = (inside > 0) & (confidence >= args.threshold) & (view_truth != IGNORE_INDEX)
+            kept = confident_pixels(confidence, label, args.threshold, class_thresholds=args.class_thresholds,
+                                    inside=inside) > 0
+            kept &= (inside > 0) & (view_truth != IGNORE_INDEX)
             add("view kept", label[kept])
             kept_right += np.bincount(label[kept & (label == view_truth)].numpy(), minlength=NUM_CLASSES)[:NUM_CLASSES]
     print(f"{args.run}: class shares (background, inertinite, vitrinite, liptinite)")

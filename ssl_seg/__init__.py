@@ -6,7 +6,7 @@ import os
 # process (a DataLoader worker, a second job) wants a core. Takes effect if torch is not yet loaded.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.4.1"
+__version__ = "0.4.2"
 
 CLASS_NAMES = ("background", "inertinite", "vitrinite", "liptinite")
 NUM_CLASSES = len(CLASS_NAMES)

@@ -97,7 +97,9 @@ class TrainConfig:
                                                  "(a labeled one weighs 1)", _NON_NEGATIVE, "0 or more")
     class_thresholds: str = setting("fixed", "unimatch, copy_paste: teacher_mean lowers each class's threshold to "
                                     "the teacher's mean confidence on it in the batch while that is below "
-                                    "consistency_threshold", choices=("fixed", "teacher_mean"))
+                                    "consistency_threshold; class_share keeps the same share of each predicted class's "
+                                    "pixels (its most confident), the share consistency_threshold keeps of all",
+                                    choices=("fixed", "teacher_mean", "class_share"))
     distribution_alignment: str = setting("none", "unimatch, copy_paste: mean scales the teacher's class "
                                           "probabilities by the labeled pixels' class shares over its running mean "
                                           "ones (ReMixMatch); kept biases them until each class's share of the kept "

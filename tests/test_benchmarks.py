@@ -164,6 +164,38 @@ def test_recipe_fit_probe_augmentation_ablations(monkeypatch):
     assert torch.equal(pipeline.weak(images), images) and torch.equal(pipeline.student(images), images)
 
 
+def test_teacher_crop_probe_keeps_by_the_class_thresholds_rule(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    import teacher_crop_probe
+    from ssl_seg.config import load_config
+    from ssl_seg.data.synthetic import write_dataset
+    from ssl_seg.train.loop import train
+
+    write_dataset(tmp_path / "data", 2, 3, 0, (64, 80), 0, progress=False, unlabeled_truth=True)
+    cfg = load_config(None, {"steps": 1, "batch_size": 2, "tile_size": 64, "num_workers": 0, "val_fraction": 0.0,
+                             "model": "unet-small"})
+    train(cfg, tmp_path / "data", tmp_path / "arm", progress=False)
+
+    class SureOfBackground(torch.nn.Module):  # a teacher whose background is surer than its macerals
+        def forward(self, images):
+            logits = torch.randn(images.shape[0], 4, *images.shape[-2:])
+            return logits + torch.tensor([1.5, 0.0, 0.0, 0.0]).view(1, 4, 1, 1)
+
+    monkeypatch.setattr(teacher_crop_probe, "model_from_checkpoint", lambda state, path: SureOfBackground())
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the probe's one thread: not for the suite
+    rows = {}
+    for rule in ("fixed", "class_share"):
+        monkeypatch.setattr(sys, "argv", ["teacher_crop_probe.py", "--run", str(tmp_path / "arm"), "--weights",
+                                          "latest.pth", "--batches", "2", "--threshold", "0.6",
+                                          "--class-thresholds", rule])
+        teacher_crop_probe.main()
+        lines = capsys.readouterr().out.splitlines()[1:]
+        rows[rule] = {line.split("[")[0].strip(): json.loads(line[line.index("["):]) for line in lines}
+    argmax = rows["fixed"]["view argmax"]
+    assert rows["fixed"]["view kept"][0] > argmax[0] + 0.1  # one threshold over-keeps the surest class
+    assert all(abs(kept - share) < 0.02 for kept, share in zip(rows["class_share"]["view kept"], argmax))
+
+
 def test_teacher_crop_probe_prints_each_class_share(tmp_path):
     from ssl_seg.config import load_config
     from ssl_seg.data.synthetic import write_dataset

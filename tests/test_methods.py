@@ -155,6 +155,29 @@ def test_teacher_mean_thresholds_follow_the_teacher_up_to_the_fixed_one():
         check_config(TrainConfig(class_thresholds="flexmatch"))
 
 
+def test_class_share_thresholds_keep_the_argmax_mix():
+    torch.manual_seed(0)
+    label = torch.randint(0, 4, (2, 16, 16))
+    label[:, :8] = 0  # background predicted on over half the pixels, as on the procedural crops
+    sure = label == 0
+    confidence = torch.where(sure, 0.8 + 0.2 * torch.rand(2, 16, 16), 0.85 * torch.rand(2, 16, 16))
+    fixed = confident_pixels(confidence, label, 0.9)
+    assert fixed[~sure].sum() == 0  # one threshold keeps background only
+    padded = torch.ones(2, 16, 16)
+    padded[:, :, 12:] = 0  # padding the geometry brought in: never kept, counts in no share
+    keep = confident_pixels(confidence, label, 0.9, class_thresholds="class_share", inside=padded)
+    real = padded > 0
+    assert keep[~real].sum() == 0
+    share = ((confidence >= 0.9) & real).sum() / real.sum()
+    for c in range(4):  # each class keeps about the share the threshold keeps overall, its surest pixels
+        of_class = (label == c) & real
+        kept = keep[of_class] > 0
+        assert abs(kept.float().mean() - share) < 0.1, c
+        assert confidence[of_class][kept].min() >= confidence[of_class][~kept].max()
+    nothing = confident_pixels(confidence * 0.5, label, 0.9, class_thresholds="class_share")
+    assert nothing.sum() == 0  # a teacher sure of nothing teaches nothing, as at one threshold
+
+
 @pytest.mark.parametrize("method", ["unimatch", "copy_paste"])
 def test_oracle_pseudo_labels_teach_the_truth_and_need_it(dataset, tmp_path, method):
     cfg = load_config(None, {**TINY, "method": method, "model": "unet-small", "copy_paste_warmup": 0.0,
