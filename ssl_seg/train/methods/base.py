@@ -230,8 +230,8 @@ def confident_pixels(confidence: torch.Tensor, label: torch.Tensor, threshold: f
     >>> confident_pixels(confidence, label, 0.9, class_thresholds="class_share").tolist()
     [[[1.0, 0.0, 1.0, 0.0]]]
     """
-    within = torch.ones_like(confidence, dtype=torch.bool) if inside is None else inside > 0
     if class_thresholds == "class_share":
+        within = torch.ones_like(confidence, dtype=torch.bool) if inside is None else inside > 0
         share = float(((confidence >= threshold) & within).sum()) / max(int(within.sum()), 1)
         keep = torch.zeros_like(confidence, dtype=torch.bool)
         if share > 0:
